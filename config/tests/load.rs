@@ -1,0 +1,119 @@
+//! Loading real files: defaults, every kind of mistake, and the line each error names.
+
+use std::time::Duration;
+
+use levee_config::{Config, ConfigError, ListenerKind, TlsMode};
+
+const MINIMAL: &str = r#"
+[upstream.primary]
+smtp = "127.0.0.1:2525"
+
+[[smtp.listen]]
+addr = "127.0.0.1:25"
+kind = "relay"
+tls = "none"
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_toml(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(err) => err.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn minimal_file_gets_production_defaults() {
+    let config = Config::from_toml(MINIMAL).expect("minimal config loads");
+    assert_eq!(config.smtp.listen[0].kind, ListenerKind::Relay);
+    assert_eq!(config.smtp.listen[0].tls, TlsMode::None);
+    assert_eq!(config.smtp.max_message_size, 50 * 1024 * 1024);
+    assert_eq!(config.smtp.command_timeout, Duration::from_secs(300));
+    assert!(!config.smtp.allow_plaintext_auth);
+    assert_eq!(
+        config.upstream.primary.smtp_for(ListenerKind::Submission),
+        "127.0.0.1:2525".parse().unwrap()
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let text = format!("{MINIMAL}\n[smtp]\nmax_line_lenght = 9000\n");
+    let errs = problems(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("line 11"), "{errs:?}");
+    assert!(errs[0].contains("max_line_lenght"), "{errs:?}");
+}
+
+#[test]
+fn wrong_type_and_syntax_errors_name_the_line() {
+    let errs = problems("[upstream.primary]\nsmtp = 25\n");
+    assert!(errs[0].starts_with("line 2"), "{errs:?}");
+    let errs = problems("[upstream.primary\nsmtp = \"x\"\n");
+    assert!(errs[0].starts_with("line 1"), "{errs:?}");
+    let errs = problems("[upstream.primary]\nsmtp = \"not-an-address\"\n");
+    assert!(errs[0].starts_with("line 2"), "{errs:?}");
+}
+
+#[test]
+fn semantic_errors_name_key_and_line() {
+    let text = r#"
+[upstream.primary]
+smtp = "127.0.0.1:2525"
+
+[smtp]
+max_line_length = 100
+command_timeout = "0s"
+
+[[smtp.listen]]
+addr = "127.0.0.1:25"
+kind = "relay"
+
+[[smtp.listen]]
+addr = "127.0.0.1:25"
+kind = "submission"
+tls = "none"
+"#;
+    let errs = problems(text);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("line 6: smtp.max_line_length")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("line 7: smtp.command_timeout")),
+        "{errs:?}"
+    );
+    // The first listener defaults to STARTTLS but there is no [tls] section.
+    assert!(
+        errs.iter().any(|e| e.contains("smtp.listen[0].tls")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("line 14: smtp.listen[1].addr")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn missing_tls_files_are_reported() {
+    let text = format!("{MINIMAL}\n[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
+    let errs = problems(&text);
+    assert!(errs.iter().any(|e| e.contains("tls.cert")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("tls.key")), "{errs:?}");
+}
+
+#[test]
+fn unreadable_file_is_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Config::load(&dir.path().join("absent.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("absent.toml"));
+}
+
+#[test]
+fn binary_garbage_is_rejected_not_panicking() {
+    let garbage = String::from_utf8_lossy(&[0xff, 0x00, 0x5b, 0x5b, 0x0a, 0x3d]).into_owned();
+    assert!(!problems(&garbage).is_empty());
+}
