@@ -1,0 +1,160 @@
+//! The `levee` command line. Parses arguments, sets up logging, builds the runtime and
+//! hands over to the library; exit codes follow sysexits (64 for a bad configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use levee_config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for an unusable configuration (EX_USAGE, as linkerd and others use).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "levee",
+    version,
+    about = "Mail continuity proxy: journal every message, never lose one"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (SMTP listeners, journal, delivery worker, metrics).
+    Run {
+        /// Configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a configuration file: prints OK or every problem with its line.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show levee working on this machine: real Postfix and Dovecot on loopback, levee in
+    /// front, a message through it, then the mail server's outage survived.
+    Demo {
+        /// Install Postfix and Dovecot with apt-get when they are missing.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        install: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file, json } => check_config(&file, json),
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!(
+                        "levee: {}: configuration rejected:\n{err}",
+                        config.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(&config.log.level, config.log.json);
+            run_daemon(config)
+        }
+        Command::Demo { install } => {
+            init_tracing("warn", false);
+            match crate::demo::run(install) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("levee demo: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
+    let result = Config::load(file);
+    if json {
+        let problems: Vec<serde_json::Value> = match &result {
+            Ok(_) => Vec::new(),
+            Err(levee_config::ConfigError::Invalid(problems)) => problems
+                .iter()
+                .map(|p| serde_json::json!({"key": p.key, "line": p.line, "message": p.message}))
+                .collect(),
+            Err(err) => {
+                vec![serde_json::json!({"key": "", "line": null, "message": err.to_string()})]
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({"ok": result.is_ok(), "problems": problems})
+        );
+    } else {
+        match &result {
+            Ok(_) => println!("OK"),
+            Err(err) => eprintln!("{}:\n{err}", file.display()),
+        }
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+fn run_daemon(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("levee: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match crate::run(config, shutdown, None).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(%err, "levee failed");
+                eprintln!("levee: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGINT or SIGTERM begins a graceful shutdown (sessions get 421, DATA in flight
+/// completes within the grace period).
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the configured level.
+pub fn init_tracing(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

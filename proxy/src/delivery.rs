@@ -1,0 +1,272 @@
+//! Store and forward: delivers journaled messages whose first delivery did not happen.
+//!
+//! A message lands here when the upstream was down at envelope time, failed after the
+//! journal had the message, or answered 4xx. The worker reads the record back from the
+//! journal (the journal, not memory, is the source of truth), replays the original envelope
+//! with XCLIENT (client address, HELO, SASL login) so that the mail server applies the same
+//! policy, and retries with exponential backoff until `delivery.max_age`.
+//!
+//! At start every record still `Pending` (levee stopped between journal and upstream) is
+//! retried too: SMTP is at-least-once, and a possible duplicate beats a lost message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_config::Config;
+use levee_journal::{DeliveryState, DeliveryStatus, Journal, MessageRecord, RecordKind, Seq};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+use crate::smtp::now_ms;
+use crate::smtp::reply::Reply;
+use crate::smtp::upstream::{ClientIdentity, Upstream, UpstreamError};
+
+/// How one delivery attempt ended.
+#[derive(Debug)]
+enum Attempt {
+    Delivered(Reply),
+    /// Every recipient or the message was refused permanently.
+    Refused(Reply),
+    /// Try again later.
+    Temporary(String),
+}
+
+/// Runs until `shutdown`.
+pub async fn run(
+    journal: Journal,
+    config: Arc<Config>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let idle_poll = Duration::from_secs(1);
+    loop {
+        let next_due = match deliver_due(&journal, &config, &shutdown).await {
+            Ok(next_due) => next_due,
+            Err(err) => {
+                tracing::error!(%err, "delivery worker cannot read the journal");
+                Some(now_ms() + 1000)
+            }
+        };
+        let wait = next_due
+            .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
+            .unwrap_or(idle_poll)
+            .min(idle_poll);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Turns `Pending` records left by a stop into due deferrals. Called once before serving.
+pub fn recover(journal: &Journal) -> Result<usize, levee_journal::JournalError> {
+    let mut recovered = 0;
+    for (seq, mut state) in journal.undelivered(usize::MAX)? {
+        if state.status == DeliveryStatus::Pending {
+            state.status = DeliveryStatus::Deferred;
+            state.next_attempt_ms = now_ms();
+            state.last_reply = Some("levee restarted before delivery completed".into());
+            journal.set_state(seq, &state)?;
+            recovered += 1;
+        }
+    }
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "undelivered messages from before the restart queued"
+        );
+    }
+    Ok(recovered)
+}
+
+/// Attempts every due message once; returns when the next one falls due.
+async fn deliver_due(
+    journal: &Journal,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<u64>, levee_journal::JournalError> {
+    let queue = journal.undelivered(10_000)?;
+    metrics::gauge!(m::DELIVERY_QUEUE).set(queue.len() as f64);
+    let mut next_due: Option<u64> = None;
+    for (seq, state) in queue {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if state.status != DeliveryStatus::Deferred {
+            continue;
+        }
+        if state.next_attempt_ms > now_ms() {
+            next_due =
+                Some(next_due.map_or(state.next_attempt_ms, |d| d.min(state.next_attempt_ms)));
+            continue;
+        }
+        let Some(record) = journal.get(seq)? else {
+            continue;
+        };
+        let RecordKind::Message(message) = record.kind else {
+            continue;
+        };
+        let attempt = attempt(config, &message).await;
+        let new_state = next_state(config, &state, record.time_ms, attempt, seq);
+        if new_state.status == DeliveryStatus::Deferred {
+            next_due = Some(next_due.map_or(new_state.next_attempt_ms, |d| {
+                d.min(new_state.next_attempt_ms)
+            }));
+        }
+        journal.set_state(seq, &new_state)?;
+    }
+    Ok(next_due)
+}
+
+fn next_state(
+    config: &Config,
+    old: &DeliveryState,
+    received_ms: u64,
+    attempt: Attempt,
+    seq: Seq,
+) -> DeliveryState {
+    let now = now_ms();
+    let attempts = old.attempts + 1;
+    let (status, reply) = match attempt {
+        Attempt::Delivered(reply) => {
+            metrics::counter!(m::MESSAGES_DELIVERED).increment(1);
+            tracing::info!(seq, attempts, "deferred message delivered");
+            (DeliveryStatus::Delivered, reply.summary())
+        }
+        Attempt::Refused(reply) => {
+            // TODO(issue 4/5 follow-up): send a DSN to the sender for permanent refusals.
+            metrics::counter!(m::MESSAGES_FAILED).increment(1);
+            tracing::error!(seq, reply = %reply, "deferred message refused permanently");
+            (DeliveryStatus::Failed, reply.summary())
+        }
+        Attempt::Temporary(why) => {
+            let age = Duration::from_millis(now.saturating_sub(received_ms));
+            if age > config.delivery.max_age {
+                metrics::counter!(m::MESSAGES_FAILED).increment(1);
+                tracing::error!(seq, %why, "message expired undelivered");
+                (
+                    DeliveryStatus::Failed,
+                    format!("expired after {age:?}: {why}"),
+                )
+            } else {
+                tracing::debug!(seq, %why, attempts, "delivery retry failed");
+                (DeliveryStatus::Deferred, why)
+            }
+        }
+    };
+    DeliveryState {
+        status,
+        attempts,
+        next_attempt_ms: now + backoff(config, attempts).as_millis() as u64,
+        last_reply: Some(reply),
+        updated_ms: now,
+    }
+}
+
+/// `retry_initial * 2^(attempts-1)`, capped at `retry_max`.
+fn backoff(config: &Config, attempts: u32) -> Duration {
+    let initial = config.delivery.retry_initial;
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    initial
+        .saturating_mul(factor)
+        .min(config.delivery.retry_max)
+}
+
+/// One delivery of one message over a fresh upstream connection.
+async fn attempt(config: &Config, message: &MessageRecord) -> Attempt {
+    let upstream_addr = config.upstream.primary.smtp;
+    let identity = ClientIdentity {
+        addr: message
+            .client
+            .addr
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok()),
+        helo: message.client.helo.clone(),
+        login: message
+            .client
+            .authenticated_user
+            .clone()
+            .filter(|u| !u.is_empty()),
+    };
+    let result = async {
+        let mut upstream = Upstream::connect(
+            upstream_addr,
+            config.smtp.connect_timeout,
+            config.smtp.upstream_timeout,
+            &config.smtp.hostname,
+            &identity,
+        )
+        .await?;
+        let outcome = transfer(&mut upstream, message).await;
+        upstream.quit().await;
+        outcome
+    }
+    .await;
+    match result {
+        Ok(attempt) => attempt,
+        Err(err) => Attempt::Temporary(err.to_string()),
+    }
+}
+
+async fn transfer(
+    upstream: &mut Upstream,
+    message: &MessageRecord,
+) -> Result<Attempt, UpstreamError> {
+    let eight_bit = message.body.iter().any(|&b| b >= 0x80);
+    let mut mail = format!("MAIL FROM:<{}>", message.mail_from);
+    if eight_bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if !message.mail_from.is_ascii() || message.rcpt_to.iter().any(|r| !r.is_ascii()) {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail.push_str("\r\n");
+    let verdict = upstream.command(mail.as_bytes()).await?;
+    if !verdict.is_positive() {
+        return Ok(classify(verdict));
+    }
+    let mut accepted = 0;
+    let mut last_refusal = None;
+    for rcpt in &message.rcpt_to {
+        let verdict = upstream
+            .command(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+            .await?;
+        if verdict.is_positive() {
+            accepted += 1;
+        } else if verdict.code() < 500 {
+            // Delivering to the others now would need per-recipient bookkeeping; retrying
+            // the whole message later delivers to everyone without losing this one.
+            return Ok(Attempt::Temporary(verdict.summary()));
+        } else {
+            tracing::warn!(rcpt = %rcpt, reply = %verdict, "recipient refused on retry");
+            last_refusal = Some(verdict);
+        }
+    }
+    if accepted == 0 {
+        let refusal = last_refusal.unwrap_or(Reply::own(554, [5, 5, 1], "No valid recipients"));
+        return Ok(classify(refusal));
+    }
+    // TODO(DSN): recipients refused permanently while others were accepted are logged
+    // above; a bounce to the sender for them comes with DSN support.
+    let verdict = upstream.send_body(&message.body).await?;
+    Ok(classify_final(verdict))
+}
+
+fn classify(reply: Reply) -> Attempt {
+    if reply.code() >= 500 {
+        Attempt::Refused(reply)
+    } else {
+        Attempt::Temporary(reply.summary())
+    }
+}
+
+fn classify_final(reply: Reply) -> Attempt {
+    if reply.is_positive() {
+        Attempt::Delivered(reply)
+    } else {
+        classify(reply)
+    }
+}

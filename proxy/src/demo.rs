@@ -1,0 +1,195 @@
+//! `levee demo`: the whole promise on one machine, in under a minute.
+//!
+//! Starts a real Postfix + Dovecot on loopback (installing them with apt-get when asked),
+//! puts levee in front, sends a message through it and shows it in the mailbox; then stops
+//! Postfix, sends again (levee still answers 250, the journal has the message), restarts
+//! Postfix and shows the message delivered from the journal.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use levee_config::Config;
+use levee_journal::{DeliveryStatus, Journal, JournalOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::mailstack::{self, MailStack, StackSpec};
+use crate::smtp::reply::Reply;
+use crate::smtp::upstream::{ClientIdentity, Upstream};
+
+fn step(text: &str) {
+    println!("==> {text}");
+}
+
+pub fn run(install: bool) -> anyhow::Result<()> {
+    if mailstack::check_installed().is_err() {
+        if !install {
+            mailstack::check_installed()?;
+        }
+        step("installing Postfix and Dovecot (apt-get)");
+        mailstack::install_with_apt()?;
+    }
+    step("starting a primary mail site: Postfix + Dovecot on loopback");
+    let mut stack = MailStack::start(StackSpec::new("demo-primary"))?;
+    println!(
+        "    postfix smtpd {}  dovecot imap {}  (in {})",
+        stack.smtp_addr(),
+        stack.imap_addr(),
+        stack.dir().display()
+    );
+    let work = stack.dir().join("levee");
+    std::fs::create_dir_all(&work)?;
+    let config = demo_config(&work, &stack)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let levee = tokio::spawn(crate::run(config, shutdown.clone(), Some(ready_tx)));
+        let bound = ready_rx.await.context("levee did not start")?;
+        let levee_addr = bound.smtp[0];
+        step(&format!(
+            "levee listening on {levee_addr}, journal in {}",
+            work.display()
+        ));
+
+        step("sending a message through levee to alice@example.test");
+        let first = "<demo-1@levee.example>";
+        let reply = send(levee_addr, first).await?;
+        println!("    levee answered: {}", reply.summary());
+        let arrived = wait_for(&stack, first, Duration::from_secs(15)).await?;
+        println!("    delivered to alice's INBOX:\n{}", indent(&arrived));
+
+        step("the mail server goes down (postfix stopped)");
+        stack.stop_postfix()?;
+        let second = "<demo-2@levee.example>";
+        let reply = send(levee_addr, second).await?;
+        println!("    levee still answered: {}", reply.summary());
+        if !reply.is_positive() {
+            bail!("levee refused mail while the upstream was down");
+        }
+        step("the mail server comes back (postfix started); levee delivers from its journal");
+        let started = Instant::now();
+        stack.start_postfix()?;
+        let arrived = wait_for(&stack, second, Duration::from_secs(30)).await?;
+        println!(
+            "    delivered {:.1} s after Postfix returned:\n{}",
+            started.elapsed().as_secs_f64(),
+            indent(&arrived)
+        );
+        shutdown.cancel();
+        levee.await??;
+        anyhow::Ok(())
+    })?;
+    let journal = Journal::open(&work.join("data/journal"), JournalOptions::default())?;
+    let report = journal.verify()?;
+    step(&format!(
+        "journal: {} records, hash chain {}",
+        journal.head(),
+        if report.first_broken.is_none() {
+            "verified"
+        } else {
+            "BROKEN"
+        }
+    ));
+    for seq in 1..=journal.head() {
+        if let (Some(record), Some(state)) = (journal.get(seq)?, journal.state(seq)?) {
+            println!(
+                "    seq {seq}: sha256 {} state {:?}",
+                hex_short(&record.body_sha256),
+                state.status
+            );
+            if state.status != DeliveryStatus::Delivered {
+                bail!("record {seq} is not delivered");
+            }
+        }
+    }
+    step("done: no acknowledged message lost");
+    stack.stop();
+    Ok(())
+}
+
+fn demo_config(work: &Path, stack: &MailStack) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[node]
+id = "demo"
+data_dir = "{data}"
+
+[upstream.primary]
+smtp = "{smtp}"
+submission = "{submission}"
+
+[smtp]
+hostname = "levee.demo"
+local_domains = ["{domain}"]
+
+[[smtp.listen]]
+addr = "127.0.0.1:0"
+kind = "relay"
+tls = "none"
+
+[delivery]
+retry_initial = "1s"
+retry_max = "2s"
+"#,
+        data = work.join("data").display(),
+        smtp = stack.smtp_addr(),
+        submission = stack.submission_addr(),
+        domain = stack.domain(),
+    );
+    std::fs::write(work.join("levee.toml"), &text)?;
+    Ok(Config::from_toml(&text)?)
+}
+
+async fn send(levee: std::net::SocketAddr, message_id: &str) -> anyhow::Result<Reply> {
+    let mut client = Upstream::connect(
+        levee,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+        "demo-client.example",
+        &ClientIdentity::default(),
+    )
+    .await?;
+    for line in [
+        "MAIL FROM:<bob@example.org>\r\n",
+        "RCPT TO:<alice@example.test>\r\n",
+    ] {
+        let reply = client.command(line.as_bytes()).await?;
+        if !reply.is_positive() {
+            return Ok(reply);
+        }
+    }
+    let body = format!(
+        "From: Bob <bob@example.org>\r\nTo: Alice <alice@example.test>\r\nSubject: organ offer, reply within the hour\r\nMessage-ID: {message_id}\r\n\r\nKidney available, reply within the hour.\r\n"
+    );
+    let reply = client.send_body(body.as_bytes()).await?;
+    client.quit().await;
+    Ok(reply)
+}
+
+async fn wait_for(stack: &MailStack, message_id: &str, limit: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        for message in stack.inbox_messages("alice")? {
+            let text = String::from_utf8_lossy(&message).into_owned();
+            if text.contains(message_id) {
+                return Ok(text);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{message_id} did not arrive within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("      | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn hex_short(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,88 @@
+//! Metric names of the proxy, declared once, and the Prometheus endpoint that serves them.
+//!
+//! The recorder is process-wide (the `metrics` facade allows one), so it is installed once
+//! and every `run` in the process renders from the same handle.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const SESSIONS_TOTAL: &str = "levee_sessions_total";
+pub const SESSIONS_ACTIVE: &str = "levee_sessions_active";
+pub const MESSAGES_ACCEPTED: &str = "levee_messages_accepted_total";
+pub const MESSAGES_DELIVERED: &str = "levee_messages_delivered_total";
+pub const MESSAGES_DEFERRED: &str = "levee_messages_deferred_total";
+pub const MESSAGES_REFUSED: &str = "levee_messages_refused_total";
+pub const MESSAGES_FAILED: &str = "levee_messages_failed_total";
+pub const MESSAGE_BYTES: &str = "levee_message_bytes_total";
+pub const UPSTREAM_FAILURES: &str = "levee_upstream_failures_total";
+pub const TLS_FAILURES: &str = "levee_tls_failures_total";
+pub const SMTP_PROTOCOL_ERRORS: &str = "levee_smtp_protocol_errors_total";
+pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
+
+fn describe() {
+    describe_counter!(SESSIONS_TOTAL, "Client sessions accepted, by protocol");
+    describe_gauge!(SESSIONS_ACTIVE, "Client sessions open now, by protocol");
+    describe_counter!(
+        MESSAGES_ACCEPTED,
+        "Messages journaled durably and acknowledged"
+    );
+    describe_counter!(MESSAGES_DELIVERED, "Messages the upstream accepted");
+    describe_counter!(
+        MESSAGES_DEFERRED,
+        "Messages kept for a later delivery attempt"
+    );
+    describe_counter!(MESSAGES_REFUSED, "Messages refused, by reason");
+    describe_counter!(
+        MESSAGES_FAILED,
+        "Messages given up on after retries or a 5xx on retry"
+    );
+    describe_counter!(MESSAGE_BYTES, Unit::Bytes, "Message bytes accepted");
+    describe_counter!(UPSTREAM_FAILURES, "Upstream connections that failed");
+    describe_counter!(TLS_FAILURES, "Client TLS handshakes that failed");
+    describe_counter!(SMTP_PROTOCOL_ERRORS, "SMTP commands refused as malformed");
+    describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
+    levee_journal::metrics::describe();
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder on first call. `None` when another recorder was
+/// installed first (then the endpoint is not served).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => {
+                describe();
+                Some(handle)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "metrics recorder not installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let Some(handle) = handle() else {
+        return Ok(());
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move { handle.render() }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,182 @@
+//! The SMTP front: listeners, and one task per client session.
+//!
+//! A connection slot is taken *before* `accept`, so past `max_connections` new clients wait
+//! in the kernel's backlog instead of costing memory here. Each session runs in its own
+//! span (`session`, `peer`, `proto`) and ends with 421 when levee shuts down.
+
+mod auth;
+pub mod connection;
+pub mod reply;
+pub mod session;
+mod transaction;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use levee_config::{Config, ListenerKind, TlsMode};
+use levee_journal::Journal;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::connection::Connection;
+use self::session::{Next, Session};
+use crate::metrics as m;
+
+pub use transaction::{message_id, now_ms};
+
+/// What every session shares.
+pub struct SmtpShared {
+    pub config: Arc<Config>,
+    pub journal: Journal,
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown: CancellationToken,
+    /// Wakes the delivery worker when a message is deferred.
+    pub delivery: Arc<Notify>,
+}
+
+impl std::fmt::Debug for SmtpShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpShared")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The listener a session came in on.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub kind: ListenerKind,
+    pub tls: TlsMode,
+    /// `relay@127.0.0.1:25`, recorded in the journal.
+    pub name: String,
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts on `listener` until shutdown; returns once every session has ended (or the
+/// grace period is over and the rest were aborted).
+pub async fn serve_listener(
+    listener: TcpListener,
+    info: ListenerInfo,
+    shared: Arc<SmtpShared>,
+    slots: Arc<Semaphore>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while sessions.try_join_next().is_some() {}
+        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("session", session = id, %peer, proto = "smtp", listener = %info.name);
+        let (shared, info) = (shared.clone(), info.clone());
+        sessions.spawn(
+            async move {
+                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "smtp").increment(1.0);
+                metrics::counter!(m::SESSIONS_TOTAL, "proto" => "smtp").increment(1);
+                handle(stream, peer, info, shared).await;
+                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "smtp").decrement(1.0);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    let grace = shared.config.smtp.shutdown_grace;
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            remaining = sessions.len(),
+            "grace period over; aborting sessions"
+        );
+        sessions.shutdown().await;
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, info: ListenerInfo, shared: Arc<SmtpShared>) {
+    let _ = stream.set_nodelay(true);
+    let implicit = info.tls == TlsMode::Implicit;
+    let mut session = Session::new(shared.clone(), info, peer, implicit);
+    if implicit {
+        if let Some(tls) = handshake(&shared, stream).await {
+            let mut conn = Connection::new(tls);
+            greet_and_serve(&mut session, &mut conn).await;
+        }
+        return;
+    }
+    let mut conn = Connection::new(stream);
+    if greet_and_serve(&mut session, &mut conn).await == Next::StartTls {
+        let stream = conn.into_stream();
+        if let Some(tls) = handshake(&shared, stream).await {
+            session.upgraded();
+            let mut conn = Connection::new(tls);
+            session.serve(&mut conn).await;
+        }
+    }
+}
+
+async fn greet_and_serve<S: AsyncRead + AsyncWrite + Unpin>(
+    session: &mut Session,
+    conn: &mut Connection<S>,
+) -> Next {
+    conn.reply(&session.greeting());
+    session.serve(conn).await
+}
+
+/// TLS handshake, bounded by the command timeout; failures are logged and end the session.
+async fn handshake(
+    shared: &SmtpShared,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = shared.tls.as_ref()?;
+    let limit = shared.config.smtp.command_timeout;
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(err)) => {
+            metrics::counter!(m::TLS_FAILURES).increment(1);
+            tracing::info!(%err, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::TLS_FAILURES).increment(1);
+            tracing::info!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// `relay@127.0.0.1:25`.
+pub fn listener_name(kind: ListenerKind, addr: SocketAddr) -> String {
+    let kind = match kind {
+        ListenerKind::Relay => "relay",
+        ListenerKind::Submission => "submission",
+    };
+    format!("{kind}@{addr}")
+}

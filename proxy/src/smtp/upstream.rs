@@ -1,0 +1,344 @@
+//! The upstream side: levee as an SMTP client of the mail server it fronts.
+//!
+//! Used in lockstep by client sessions (every envelope command gets the server's real
+//! verdict) and by the delivery worker for retries from the journal. Every read is bounded
+//! by the upstream timeout; every failure says it was the upstream that failed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use smtp_proto::response::parser::ResponseReceiver;
+use smtp_proto::{EhloResponse, Error as ProtoError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::reply::Reply;
+
+/// Longest reply levee accepts from an upstream before calling it broken.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// An upstream failure. All of these mean "the upstream is unusable now"; a retry later
+/// (or against another backend) is safe because nothing was acknowledged on its behalf.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {addr}: connect: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream {addr}: no answer within {after:?}")]
+    Timeout { addr: SocketAddr, after: Duration },
+    #[error("upstream {addr}: i/o: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream {addr}: closed the connection")]
+    Closed { addr: SocketAddr },
+    #[error("upstream {addr}: malformed reply")]
+    Protocol { addr: SocketAddr },
+    #[error("upstream {addr}: refused the session: {reply}")]
+    Refused { addr: SocketAddr, reply: Reply },
+}
+
+/// Who the client really is, passed with XCLIENT when the upstream allows it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIdentity {
+    pub addr: Option<SocketAddr>,
+    pub helo: Option<String>,
+    /// SASL login name, for retries of mail that was submitted with AUTH.
+    pub login: Option<String>,
+}
+
+/// An open, greeted SMTP connection to an upstream mail server.
+#[derive(Debug)]
+pub struct Upstream {
+    addr: SocketAddr,
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    timeout: Duration,
+    ehlo: EhloResponse<String>,
+    /// smtp-proto does not model XCLIENT (a Postfix extension), so it is read off the raw
+    /// EHLO lines.
+    xclient: bool,
+}
+
+impl Upstream {
+    /// Connects, reads the greeting, says EHLO and, when offered, XCLIENT with `client`.
+    pub async fn connect(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+        our_name: &str,
+        client: &ClientIdentity,
+    ) -> Result<Upstream, UpstreamError> {
+        let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
+            Err(_) => {
+                return Err(UpstreamError::Timeout {
+                    addr,
+                    after: connect_timeout,
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut upstream = Upstream {
+            addr,
+            stream,
+            rbuf: Vec::with_capacity(1024),
+            timeout: reply_timeout,
+            ehlo: EhloResponse::new(String::new()),
+            xclient: false,
+        };
+        upstream.expect_greeting().await?;
+        upstream.say_ehlo(our_name).await?;
+        if upstream.xclient && client.addr.is_some() {
+            let line = xclient_line(client);
+            let reply = upstream.command(line.as_bytes()).await?;
+            if reply.code() == 220 {
+                let helo = client.helo.as_deref().unwrap_or(our_name).to_string();
+                upstream.say_ehlo(&helo).await?;
+            } else {
+                tracing::warn!(upstream = %addr, reply = %reply, "XCLIENT refused");
+            }
+        }
+        Ok(upstream)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The upstream's EHLO capabilities.
+    pub fn capabilities(&self) -> &EhloResponse<String> {
+        &self.ehlo
+    }
+
+    async fn expect_greeting(&mut self) -> Result<(), UpstreamError> {
+        let greeting = self.read_reply().await?;
+        if greeting.code() != 220 {
+            return Err(UpstreamError::Refused {
+                addr: self.addr,
+                reply: greeting,
+            });
+        }
+        Ok(())
+    }
+
+    async fn say_ehlo(&mut self, name: &str) -> Result<(), UpstreamError> {
+        self.write(format!("EHLO {name}\r\n").as_bytes()).await?;
+        let raw = self.read_raw_reply().await?;
+        match EhloResponse::parse(&mut raw.iter()) {
+            Ok(ehlo) => {
+                self.ehlo = ehlo;
+                self.xclient = offers_keyword(&raw, b"XCLIENT");
+                Ok(())
+            }
+            Err(_) => Err(UpstreamError::Refused {
+                addr: self.addr,
+                reply: Reply::Relayed {
+                    code: reply_code(&raw).unwrap_or(0),
+                    raw,
+                },
+            }),
+        }
+    }
+
+    /// Sends one command line (CRLF included) and returns the reply.
+    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, UpstreamError> {
+        self.write(line).await?;
+        self.read_reply().await
+    }
+
+    /// DATA, the dot-stuffed body and the final dot; returns the final reply (or the
+    /// refusal of DATA itself).
+    pub async fn send_body(&mut self, body: &[u8]) -> Result<Reply, UpstreamError> {
+        let go_ahead = self.command(b"DATA\r\n").await?;
+        if go_ahead.code() != 354 {
+            return Ok(go_ahead);
+        }
+        let mut wire = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+        dot_stuff(body, &mut wire);
+        self.write(&wire).await?;
+        self.read_reply().await
+    }
+
+    /// Ends the session politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        let _ = timeout(Duration::from_secs(2), self.command(b"QUIT\r\n")).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        let addr = self.addr;
+        match timeout(self.timeout, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(UpstreamError::Io { addr, source }),
+            Err(_) => Err(UpstreamError::Timeout {
+                addr,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, UpstreamError> {
+        let raw = self.read_raw_reply().await?;
+        let code = reply_code(&raw).ok_or(UpstreamError::Protocol { addr: self.addr })?;
+        Ok(Reply::Relayed { code, raw })
+    }
+
+    /// Reads one complete (possibly multi-line) reply, returning its raw lines.
+    async fn read_raw_reply(&mut self) -> Result<Vec<u8>, UpstreamError> {
+        loop {
+            let mut receiver = ResponseReceiver::default();
+            let mut iter = self.rbuf.iter();
+            match receiver.parse(&mut iter) {
+                Ok(_) => {
+                    let used = self.rbuf.len() - iter.len();
+                    let raw: Vec<u8> = self.rbuf.drain(..used).collect();
+                    return Ok(raw);
+                }
+                Err(ProtoError::NeedsMoreData { .. }) => {}
+                Err(_) => return Err(UpstreamError::Protocol { addr: self.addr }),
+            }
+            if self.rbuf.len() > MAX_REPLY {
+                return Err(UpstreamError::Protocol { addr: self.addr });
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), UpstreamError> {
+        let addr = self.addr;
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + 4096, 0);
+        let read = timeout(self.timeout, self.stream.read(&mut self.rbuf[start..])).await;
+        let result = match read {
+            Ok(Ok(0)) => Err(UpstreamError::Closed { addr }),
+            Ok(Ok(n)) => {
+                self.rbuf.truncate(start + n);
+                return Ok(());
+            }
+            Ok(Err(source)) => Err(UpstreamError::Io { addr, source }),
+            Err(_) => Err(UpstreamError::Timeout {
+                addr,
+                after: self.timeout,
+            }),
+        };
+        self.rbuf.truncate(start);
+        result
+    }
+}
+
+/// Whether an EHLO reply announces `keyword` (as the first word of one of its lines).
+fn offers_keyword(raw: &[u8], keyword: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').any(|line| {
+        line.get(4..4 + keyword.len())
+            .is_some_and(|word| word.eq_ignore_ascii_case(keyword))
+            && line
+                .get(4 + keyword.len())
+                .is_none_or(|&b| b == b' ' || b == b'\r')
+    })
+}
+
+/// The three-digit code at the start of a reply.
+fn reply_code(raw: &[u8]) -> Option<u16> {
+    let digits = raw.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// RFC 5321 4.5.2 transparency: a line starting with "." gets another; the body ends with
+/// CRLF "." CRLF (a CRLF is added when the body lacks one at its end).
+pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
+    let mut at_line_start = true;
+    for &byte in body {
+        if at_line_start && byte == b'.' {
+            out.push(b'.');
+        }
+        out.push(byte);
+        at_line_start = byte == b'\n';
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// `XCLIENT ADDR=.. PORT=.. [HELO=..] [LOGIN=..]` with xtext-encoded values (RFC 3461).
+fn xclient_line(client: &ClientIdentity) -> String {
+    let mut line = String::from("XCLIENT");
+    if let Some(addr) = client.addr {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("IPV6:{ip}"),
+        };
+        line.push_str(&format!(" ADDR={ip} PORT={}", addr.port()));
+    }
+    if let Some(helo) = &client.helo {
+        line.push_str(&format!(" HELO={}", xtext(helo)));
+    }
+    if let Some(login) = &client.login {
+        line.push_str(&format!(" LOGIN={}", xtext(login)));
+    }
+    line.push_str("\r\n");
+    line
+}
+
+fn xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (33..=126).contains(&byte) && byte != b'+' && byte != b'=' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("+{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots_only() {
+        let mut out = Vec::new();
+        dot_stuff(b".a\r\nb.c\r\n..\r\n", &mut out);
+        assert_eq!(out, b"..a\r\nb.c\r\n...\r\n.\r\n");
+        out.clear();
+        dot_stuff(b"no newline", &mut out);
+        assert_eq!(out, b"no newline\r\n.\r\n");
+    }
+
+    #[test]
+    fn xclient_values_are_xtext() {
+        let line = xclient_line(&ClientIdentity {
+            addr: Some("192.0.2.7:4242".parse().unwrap()),
+            helo: Some("a b=c".into()),
+            login: Some("alice".into()),
+        });
+        assert_eq!(
+            line,
+            "XCLIENT ADDR=192.0.2.7 PORT=4242 HELO=a+20b+3Dc LOGIN=alice\r\n"
+        );
+    }
+
+    #[test]
+    fn xclient_is_read_off_the_ehlo_lines() {
+        let raw = b"250-mx.example\r\n250-XCLIENT NAME ADDR PORT\r\n250 8BITMIME\r\n";
+        assert!(offers_keyword(raw, b"XCLIENT"));
+        assert!(!offers_keyword(b"250-mx\r\n250 XCLIENTS\r\n", b"XCLIENT"));
+        assert!(offers_keyword(b"250-mx\r\n250 xclient\r\n", b"XCLIENT"));
+    }
+
+    #[test]
+    fn reply_code_needs_three_digits() {
+        assert_eq!(reply_code(b"250 ok\r\n"), Some(250));
+        assert_eq!(reply_code(b"2x0 ok\r\n"), None);
+        assert_eq!(reply_code(b"25"), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! Client-facing TLS: the rustls server configuration from PEM files, and a self-signed
+//! certificate for the demo and tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// Why TLS material could not be used. The key's content never appears in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls: cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("tls: {path} holds no certificate")]
+    NoCertificate { path: String },
+    #[error("tls: {path} holds no private key")]
+    NoKey { path: String },
+    #[error("tls: certificate and key do not form a usable pair: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("tls: cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Builds an acceptor from PEM files.
+pub fn acceptor_from_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Read {
+            path: cert.display().to_string(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.display().to_string(),
+        });
+    }
+    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|source| TlsError::Read {
+            path: key.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoKey {
+            path: key.display().to_string(),
+        })?;
+    acceptor(certs, key_der)
+}
+
+fn acceptor(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Writes a fresh self-signed certificate and key for `names` as PEM files into `dir`,
+/// returning their paths.
+pub fn write_self_signed(
+    dir: &Path,
+    names: &[&str],
+) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let certified = rcgen::generate_simple_self_signed(names)?;
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    write(&cert_path, certified.cert.pem())?;
+    write(&key_path, certified.signing_key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_pair_builds_an_acceptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_self_signed(dir.path(), &["localhost"]).unwrap();
+        acceptor_from_files(&cert, &key).unwrap();
+    }
+
+    #[test]
+    fn swapped_files_are_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_self_signed(dir.path(), &["localhost"]).unwrap();
+        let err = acceptor_from_files(&key, &cert).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
+    }
+}
