@@ -1,1 +1,138 @@
-//! placeholder
+//! End-to-end harness: real Postfix and Dovecot, levee in front, clients nobody on the
+//! project wrote (Python's smtplib and imaplib).
+//!
+//! # Layout
+//! - [`Site`]: one mail stack plus its levee, started on free loopback ports, torn down on
+//!   drop (also when a test panics).
+//! - [`levee`]: levee in-process (fast, for most tests) or as a child process (for `kill -9`).
+//! - [`clients`]: the Python clients, returning their JSON verdicts.
+//!
+//! A missing Postfix or Dovecot is a loud failure, never a skip: every test calls
+//! [`Site::start`], which panics with the install command when they are absent.
+
+pub mod clients;
+pub mod levee;
+
+use std::path::{Path, PathBuf};
+
+use levee_journal::{Journal, JournalOptions, Record, RecordKind};
+use levee_proxy::mailstack::{MailStack, StackSpec};
+
+pub use levee::{Levee, LeveeMode};
+
+/// A mail stack with levee in front of it.
+#[derive(Debug)]
+pub struct Site {
+    pub stack: MailStack,
+    pub levee: Levee,
+    /// levee's own files: config, certificate, journal, log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// Starts Postfix + Dovecot and levee (in-process) in front of them.
+    pub fn start(name: &str) -> Site {
+        Site::start_with(name, LeveeMode::InProcess, "")
+    }
+
+    /// As [`Site::start`], with levee run as `mode` and `extra` TOML appended to its config.
+    pub fn start_with(name: &str, mode: LeveeMode, extra: &str) -> Site {
+        if let Err(err) = levee_proxy::mailstack::check_installed() {
+            panic!("end-to-end tests need Postfix and Dovecot: {err}");
+        }
+        let stack = MailStack::start(StackSpec::new(name))
+            .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("levee-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let levee = Levee::start(mode, dir.path(), &stack, extra);
+        Site { stack, levee, dir }
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.path().join("data/journal")
+    }
+
+    /// Opens the journal; levee must be stopped (sled allows one process).
+    pub fn open_journal(&self) -> Journal {
+        Journal::open(&self.journal_dir(), JournalOptions::default()).expect("open journal")
+    }
+
+    /// Every message record in the journal.
+    pub fn journal_records(&self) -> Vec<Record> {
+        let journal = self.open_journal();
+        let records = journal.read_from(1, usize::MAX).expect("read journal");
+        records
+            .into_iter()
+            .filter(|r| matches!(r.kind, RecordKind::Message(_)))
+            .collect()
+    }
+
+    /// Messages in `user`'s INBOX read over IMAP with imaplib.
+    pub fn imap_messages(&self, user: &str) -> Vec<Vec<u8>> {
+        let password = self.password(user);
+        clients::imap_fetch(self.stack.imap_addr(), user, &password)
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        self.stack
+            .users()
+            .iter()
+            .find(|(name, _)| name == user)
+            .map(|(_, password)| password.clone())
+            .unwrap_or_else(|| panic!("no user {user} in the stack"))
+    }
+
+    /// Waits until `user`'s Maildir holds a message containing each of `needles`, or
+    /// panics after `secs` with the mail logs.
+    pub fn wait_for_messages(&self, user: &str, needles: &[String], secs: u64) -> Vec<Vec<u8>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let messages = self.stack.inbox_messages(user).expect("read maildir");
+            let missing: Vec<&String> = needles
+                .iter()
+                .filter(|n| !messages.iter().any(|m| contains(m, n.as_bytes())))
+                .collect();
+            if missing.is_empty() {
+                return messages;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{} of {} messages never reached {user}'s INBOX (first: {})\npostfix log tail:\n{}",
+                    missing.len(),
+                    needles.len(),
+                    missing[0],
+                    tail(&self.stack.postfix_log(), 30)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// Writes `body` to a file in `dir` and returns its path.
+pub fn message_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("write message file");
+    path
+}
+
+/// A CRLF message with the given Message-ID and some content that tempts a proxy to touch
+/// it: a leading-dot line, 8-bit text, a long line, trailing spaces.
+pub fn sample_message(message_id: &str, to: &str) -> Vec<u8> {
+    let long_line = "x".repeat(900);
+    format!(
+        "Date: Sun, 22 Nov 2026 06:00:00 +0000\r\nFrom: Bob <bob@example.org>\r\nTo: <{to}>\r\nSubject: kidney offer {message_id}\r\nMessage-ID: <{message_id}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nOrgan offer, reply within the hour.  \r\n.a line that starts with a dot\r\n..two dots\r\nGr\u{fc}\u{df}e aus K\u{f6}ln\r\n{long_line}\r\n\r\n-- \r\ncoordinator\r\n"
+    )
+    .into_bytes()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

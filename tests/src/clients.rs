@@ -1,0 +1,88 @@
+//! The Python clients in `tests/clients/`, run as child processes. Each prints one JSON line;
+//! these helpers return it parsed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+use serde_json::Value;
+
+fn script(name: &str) -> String {
+    format!("{}/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_json(mut command: Command) -> Value {
+    let output = command.output().expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|err| {
+        panic!(
+            "client printed no JSON ({err}): status {:?}\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// How [`smtp_send`] connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    Plain,
+    StartTls,
+    Implicit,
+}
+
+/// Sends `message` with smtplib; returns `{"ok", "code", "reply", "stage", "refused"}`.
+pub fn smtp_send(
+    addr: SocketAddr,
+    security: Security,
+    login: Option<(&str, &str)>,
+    from: &str,
+    to: &[&str],
+    message: &Path,
+) -> Value {
+    let mut command = Command::new("python3");
+    command
+        .arg(script("smtp_send.py"))
+        .args(["--host", &addr.ip().to_string(), "--port", &addr.port().to_string()])
+        .args(["--from", from, "--message"])
+        .arg(message);
+    for rcpt in to {
+        command.args(["--to", rcpt]);
+    }
+    match security {
+        Security::Plain => {}
+        Security::StartTls => {
+            command.arg("--starttls");
+        }
+        Security::Implicit => {
+            command.arg("--ssl");
+        }
+    }
+    if let Some((user, password)) = login {
+        command.args(["--user", user, "--password", password]);
+    }
+    run_json(command)
+}
+
+/// Every message of `user`'s INBOX, fetched with imaplib (BODY.PEEK[]).
+pub fn imap_fetch(addr: SocketAddr, user: &str, password: &str) -> Vec<Vec<u8>> {
+    let mut command = Command::new("python3");
+    command
+        .arg(script("imap_fetch.py"))
+        .args(["--host", &addr.ip().to_string(), "--port", &addr.port().to_string()])
+        .args(["--user", user, "--password", password]);
+    let value = run_json(command);
+    let messages = value["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("imap_fetch failed: {value}"));
+    messages
+        .iter()
+        .map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m["body_b64"].as_str().expect("body_b64"))
+                .expect("base64 body")
+        })
+        .collect()
+}

@@ -1,0 +1,278 @@
+//! levee under test: in-process on its own runtime, or as a child process that a test can
+//! `kill -9` and start again on the same ports and journal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use levee_config::Config;
+use levee_proxy::mailstack::{MailStack, free_port};
+use tokio_util::sync::CancellationToken;
+
+/// How levee runs in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeveeMode {
+    InProcess,
+    /// The `levee` binary as a child, logging at trace level into `levee.log`.
+    Child,
+}
+
+/// Ports levee listens on (chosen before start so that a restart reuses them).
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Relay/MX listener, STARTTLS offered.
+    pub relay: SocketAddr,
+    /// Submission listener, STARTTLS offered.
+    pub submission: SocketAddr,
+    /// Submission with implicit TLS.
+    pub submissions: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+#[derive(Debug)]
+enum Running {
+    InProcess {
+        runtime: tokio::runtime::Runtime,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), levee_proxy::RunError>>,
+    },
+    Child(Child),
+    Stopped,
+}
+
+/// A levee instance bound to one mail stack.
+#[derive(Debug)]
+pub struct Levee {
+    pub ports: Ports,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    mode: LeveeMode,
+    running: Running,
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Levee {
+    pub fn start(mode: LeveeMode, dir: &Path, stack: &MailStack, extra: &str) -> Levee {
+        let port = || free_port().expect("free port");
+        let ports = Ports {
+            relay: local(port()),
+            submission: local(port()),
+            submissions: local(port()),
+            metrics: local(port()),
+        };
+        let (cert, key) =
+            levee_proxy::tls::write_self_signed(dir, &["localhost", "levee.test"]).expect("cert");
+        let text = format!(
+            r#"
+[node]
+id = "test"
+data_dir = "{data}"
+
+[upstream.primary]
+smtp = "{smtp}"
+submission = "{submission_up}"
+
+[smtp]
+hostname = "levee.test"
+local_domains = ["{domain}"]
+max_message_size = 1048576
+command_timeout = "5s"
+data_timeout = "3s"
+upstream_timeout = "10s"
+connect_timeout = "2s"
+shutdown_grace = "2s"
+
+[[smtp.listen]]
+addr = "{relay}"
+kind = "relay"
+tls = "starttls"
+
+[[smtp.listen]]
+addr = "{submission}"
+kind = "submission"
+tls = "starttls"
+
+[[smtp.listen]]
+addr = "{submissions}"
+kind = "submission"
+tls = "implicit"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[delivery]
+retry_initial = "300ms"
+retry_max = "1s"
+
+[metrics]
+listen = "{metrics}"
+{extra}
+"#,
+            data = dir.join("data").display(),
+            smtp = stack.smtp_addr(),
+            submission_up = stack.submission_addr(),
+            domain = stack.domain(),
+            relay = ports.relay,
+            submission = ports.submission,
+            submissions = ports.submissions,
+            metrics = ports.metrics,
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let config_path = dir.join("levee.toml");
+        std::fs::write(&config_path, &text).expect("write levee.toml");
+        let mut levee = Levee {
+            ports,
+            config_path,
+            log_path: dir.join("levee.log"),
+            mode,
+            running: Running::Stopped,
+        };
+        levee.restart();
+        levee
+    }
+
+    /// Starts levee again (after [`Levee::kill`] or [`Levee::stop`]) on the same ports and
+    /// journal, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(matches!(self.running, Running::Stopped), "levee is running");
+        self.running = match self.mode {
+            LeveeMode::InProcess => self.spawn_in_process(),
+            LeveeMode::Child => self.spawn_child(),
+        };
+        wait_until_listening(self.ports.relay, &self.log_path);
+    }
+
+    fn spawn_in_process(&self) -> Running {
+        let config = Config::load(&self.config_path).expect("test config is valid");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let shutdown = CancellationToken::new();
+        let task = runtime.spawn(levee_proxy::run(config, shutdown.clone(), None));
+        Running::InProcess {
+            runtime,
+            shutdown,
+            task,
+        }
+    }
+
+    fn spawn_child(&self) -> Running {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("levee log");
+        let child = Command::new(levee_binary())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn levee");
+        Running::Child(child)
+    }
+
+    /// Graceful stop (SIGTERM for a child); returns when levee has exited.
+    pub fn stop(&mut self) {
+        match std::mem::replace(&mut self.running, Running::Stopped) {
+            Running::InProcess {
+                runtime,
+                shutdown,
+                task,
+            } => {
+                shutdown.cancel();
+                let result = runtime.block_on(task).expect("levee task panicked");
+                result.expect("levee run failed");
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            }
+            Running::Child(mut child) => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let _ = child.wait();
+            }
+            Running::Stopped => {}
+        }
+    }
+
+    /// `kill -9` of the child process.
+    pub fn kill(&mut self) {
+        match std::mem::replace(&mut self.running, Running::Stopped) {
+            Running::Child(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            other => {
+                self.running = other;
+                panic!("kill needs LeveeMode::Child");
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The Prometheus exposition text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.ports.metrics).expect("metrics endpoint");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: levee\r\n\r\n")
+            .expect("metrics request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("metrics response");
+        text
+    }
+}
+
+impl Drop for Levee {
+    fn drop(&mut self) {
+        if let Running::Child(child) = &mut self.running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Running::InProcess { shutdown, .. } = &self.running {
+            shutdown.cancel();
+        }
+    }
+}
+
+/// The `levee-under-test` binary Cargo built beside the test executable (integration
+/// tests run from `target/<profile>/deps/`).
+fn levee_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("LEVEE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("levee-under-test");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+fn wait_until_listening(addr: SocketAddr, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            panic!(
+                "levee did not listen on {addr} within 20 s; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
