@@ -1,0 +1,36 @@
+//! Metric names of the journal, declared once so dashboards and code agree.
+//!
+//! Call [`describe`] once at start-up, after installing the recorder.
+
+use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Histogram: seconds from `append` call to durable acknowledgement.
+pub const APPEND_SECONDS: &str = "levee_journal_append_seconds";
+/// Counter: records appended (acknowledged).
+pub const APPENDS_TOTAL: &str = "levee_journal_appends_total";
+/// Counter: raw body bytes appended.
+pub const BYTES_TOTAL: &str = "levee_journal_bytes_total";
+/// Counter: group-commit flush+fdatasync rounds.
+pub const FLUSHES_TOTAL: &str = "levee_journal_flushes_total";
+/// Gauge: highest durable seq.
+pub const HEAD: &str = "levee_journal_head";
+
+/// Registers units and help texts with the installed recorder.
+pub fn describe() {
+    describe_histogram!(
+        APPEND_SECONDS,
+        Unit::Seconds,
+        "Time from journal append to durable acknowledgement"
+    );
+    describe_counter!(APPENDS_TOTAL, "Records durably appended to the journal");
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Raw body bytes appended to the journal"
+    );
+    describe_counter!(
+        FLUSHES_TOTAL,
+        "Journal group-commit flushes (flush + fdatasync)"
+    );
+    describe_gauge!(HEAD, "Highest durable journal sequence number");
+}

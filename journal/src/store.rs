@@ -1,0 +1,221 @@
+//! The `Journal` handle: opening the sled database, and reading records back.
+//!
+//! Appending lives in `commit.rs`; this file owns the shared state both
+//! sides use and the read paths, which only ever expose durable records.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::codec::{decode, seq_key};
+use crate::commit::Tail;
+use crate::error::JournalError;
+use crate::record::{Record, Seq};
+use crate::recovery;
+
+/// Tuning knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// Bodies at least this large are zstd-compressed when that saves >= 10%.
+    pub compress_min_bytes: usize,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            compress_min_bytes: 512,
+        }
+    }
+}
+
+/// The sled trees of one journal.
+#[derive(Debug)]
+pub(crate) struct Trees {
+    pub records: sled::Tree,
+    pub meta: sled::Tree,
+    pub state: sled::Tree,
+    pub undelivered: sled::Tree,
+    pub idx_message_id: sled::Tree,
+    pub idx_sender: sled::Tree,
+    pub idx_recipient: sled::Tree,
+    pub idx_day: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Trees, JournalError> {
+        Ok(Trees {
+            records: db.open_tree("records")?,
+            meta: db.open_tree("meta")?,
+            state: db.open_tree("state")?,
+            undelivered: db.open_tree("undelivered")?,
+            idx_message_id: db.open_tree("idx_message_id")?,
+            idx_sender: db.open_tree("idx_sender")?,
+            idx_recipient: db.open_tree("idx_recipient")?,
+            idx_day: db.open_tree("idx_day")?,
+        })
+    }
+}
+
+/// Shared state behind every `Journal` clone.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub db: sled::Db,
+    pub trees: Trees,
+    /// sled's log file `dir/db`, opened separately so we can fdatasync it.
+    pub db_file: File,
+    pub opts: JournalOptions,
+    pub tail: Mutex<Tail>,
+    /// Held by the one task performing a group-commit flush.
+    pub flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Highest durable seq; the receivers are handed out by `watch_head`.
+    pub durable: watch::Sender<Seq>,
+    pub flushes: AtomicU64,
+    /// Blob files already fsynced (see `commit.rs`).
+    pub synced_blobs: Mutex<HashSet<OsString>>,
+    pub state_lock: Mutex<()>,
+    /// Test hook: this many upcoming syncs fail with `Full`.
+    pub inject_sync_failures: AtomicU32,
+}
+
+/// A durable, hash-chained, append-only journal. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, recovers the head and
+    /// chain, heals indexes/state of records written just before a crash, and
+    /// makes everything found durable before reporting it. Blocking.
+    pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            JournalError::io(format!("creating journal directory {}", dir.display()), e)
+        })?;
+        let db = sled::Config::new().path(dir).open()?;
+        let trees = Trees::open(&db)?;
+        let db_path = dir.join("db");
+        let db_file = File::open(&db_path)
+            .map_err(|e| JournalError::io(format!("opening {}", db_path.display()), e))?;
+
+        let tip = recovery::recover(&trees)?;
+
+        let inner = Inner {
+            dir: dir.to_path_buf(),
+            db,
+            trees,
+            db_file,
+            opts,
+            tail: Mutex::new(Tail::new(tip.head, tip.chain)),
+            flush_lock: Arc::new(tokio::sync::Mutex::new(())),
+            durable: watch::Sender::new(0),
+            flushes: AtomicU64::new(0),
+            synced_blobs: Mutex::new(HashSet::new()),
+            state_lock: Mutex::new(()),
+            inject_sync_failures: AtomicU32::new(0),
+        };
+        // A freshly created database's directory entries, and whatever the
+        // killed previous process left only in the page cache, become durable
+        // here; only then is the recovered head reported.
+        inner.sync_dir(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The journal directory itself may have just been created.
+            inner.sync_dir(parent)?;
+        }
+        inner.sync_storage()?;
+        inner.durable.send_replace(tip.head);
+        metrics::gauge!(crate::metrics::HEAD).set(tip.head as f64);
+        tracing::info!(dir = %dir.display(), head = tip.head, "journal opened");
+        Ok(Journal {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Highest durable seq (0 when empty).
+    pub fn head(&self) -> Seq {
+        *self.inner.durable.borrow()
+    }
+
+    /// Follows the durable head; the replica streamer waits on this.
+    pub fn watch_head(&self) -> watch::Receiver<Seq> {
+        self.inner.durable.subscribe()
+    }
+
+    /// The durable record `seq`, body decompressed and checked against its hash.
+    pub fn get(&self, seq: Seq) -> Result<Option<Record>, JournalError> {
+        if seq == 0 || seq > self.head() {
+            return Ok(None);
+        }
+        match self.inner.trees.records.get(seq_key(seq))? {
+            None => Ok(None),
+            Some(value) => load(seq, &value).map(Some),
+        }
+    }
+
+    /// Up to `max` durable records with seq >= `seq`, ascending.
+    pub fn read_from(&self, seq: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
+        let head = self.head();
+        let start = seq.max(1);
+        let mut out = Vec::new();
+        if start > head || max == 0 {
+            return Ok(out);
+        }
+        for item in self
+            .inner
+            .trees
+            .records
+            .range(seq_key(start)..=seq_key(head))
+        {
+            let (k, v) = item?;
+            let key_seq = crate::codec::key_seq(&k)
+                .ok_or_else(|| JournalError::corrupt(0, "malformed record key"))?;
+            out.push(load(key_seq, &v)?);
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of flush+fdatasync rounds performed since open (diagnostics and
+    /// the group-commit tests).
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Makes the next `n` group-commit syncs fail as if the disk were full,
+    /// to exercise the rollback path.
+    #[doc(hidden)]
+    pub fn fail_next_syncs_for_tests(&self, n: u32) {
+        self.inner.inject_sync_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// Raw access to a sled tree, for tamper tests only. Writing through it
+    /// bypasses every invariant of the journal.
+    #[doc(hidden)]
+    pub fn raw_tree_for_tests(&self, name: &str) -> Result<sled::Tree, JournalError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+}
+
+/// Decodes and fully checks one stored value found under key `seq`.
+fn load(seq: Seq, value: &[u8]) -> Result<Record, JournalError> {
+    let stored = decode(seq, value)?;
+    if stored.seq != seq {
+        return Err(JournalError::corrupt(
+            seq,
+            format!("value stored under seq {seq} claims seq {}", stored.seq),
+        ));
+    }
+    stored.into_record()
+}
