@@ -64,7 +64,7 @@ impl Layout {
     pub fn postfix_log(&self) -> PathBuf {
         self.postfix_dir().join("postfix.log")
     }
-    /// Output of `postfix start` itself (integrity check failures land here).
+    /// Output of `postfix start-fg` itself (integrity check failures land here).
     pub fn postfix_start_log(&self) -> PathBuf {
         self.postfix_dir().join("start.log")
     }
@@ -125,6 +125,9 @@ mail_uid = nobody
 mail_gid = nogroup
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
+# Keep the CRLF line ends of the wire format in the Maildir files, so tests can compare stored
+# bytes with what was sent (Dovecot's default stores LF only).
+mail_save_crlf = yes
 default_internal_user = dovecot
 default_login_user = dovenull
 
@@ -267,6 +270,9 @@ queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 5s
 transport_retry_time = 1s
+# Store what the client sent: no Date/Message-ID added and no address rewriting for loopback
+# clients (the default treats 127.0.0.1, i.e. levee, as a local submitter and edits headers).
+local_header_rewrite_clients =
 biff = no
 append_dot_mydomain = no
 # No syslog on a test box: postlogd writes this file.

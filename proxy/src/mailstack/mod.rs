@@ -12,6 +12,7 @@
 
 mod config;
 mod daemons;
+mod install;
 mod process;
 mod setup;
 
@@ -19,10 +20,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Mutex;
 
-pub use setup::{check_installed, install_with_apt};
+pub use install::{check_installed, install_with_apt};
 
 use config::{Layout, Ports};
 
@@ -67,7 +67,7 @@ pub enum MailStackError {
         missing: String,
         install_command: String,
     },
-    #[error("{action} needs root (Postfix `-c` and Dovecot privilege separation); run as root")]
+    #[error("{action} needs root: run it as root")]
     NotRoot { action: &'static str },
     #[error("invalid stack spec: {0}")]
     InvalidSpec(String),
@@ -147,15 +147,13 @@ pub struct MailStack {
     spec: StackSpec,
     layout: Layout,
     ports: Ports,
-    /// `dovecot -F`, leader of its own process group.
-    dovecot: Option<Child>,
-    /// Pid of the Postfix master, which is a session (and process group) leader.
-    postfix_master: Option<u32>,
+    dovecot: Option<process::Daemon>,
+    postfix: Option<process::Daemon>,
 }
 
 impl MailStack {
     /// Generates the configuration, starts Dovecot then Postfix, and returns once IMAP, LMTP,
-    /// auth and both SMTP listeners answer (bounded by [`setup::READY_TIMEOUT`]). Retries with
+    /// auth and both SMTP listeners answer (bounded: 15 s per daemon). Retries with
     /// fresh ports if one was taken in the meantime.
     pub fn start(spec: StackSpec) -> Result<MailStack, MailStackError> {
         check_installed()?;
@@ -165,6 +163,7 @@ impl MailStack {
             });
         }
         setup::validate(&spec)?;
+        setup::reap_stale_stacks();
         let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
@@ -197,7 +196,7 @@ impl MailStack {
             layout: Layout { root },
             ports,
             dovecot: None,
-            postfix_master: None,
+            postfix: None,
         };
         setup::write_files(&stack.spec, &stack.layout, &stack.ports)?;
         stack.start_dovecot()?;
@@ -248,7 +247,9 @@ impl MailStack {
     }
 
     /// Raw bytes of every INBOX message (files in `new/` and `cur/`), sorted by file name.
-    /// Empty before the first delivery.
+    /// Empty before the first delivery. Files hold what IMAP `BODY[]` returns: CRLF line ends
+    /// (`mail_save_crlf = yes`), the message as sent with Return-Path, Delivered-To and two
+    /// Received headers prepended (Postfix turns bare LF into CRLF).
     pub fn inbox_messages(&self, user: &str) -> Result<Vec<Vec<u8>>, MailStackError> {
         if !self.spec.users.iter().any(|(u, _)| u == user) {
             return Err(MailStackError::UnknownUser(user.to_string()));
@@ -256,7 +257,7 @@ impl MailStack {
         setup::read_maildir_inbox(&self.maildir(user))
     }
 
-    /// Last lines of Postfix's log and of `postfix start`'s output, for failure messages.
+    /// Last lines of Postfix's log and of `postfix start-fg`'s output, for failure messages.
     pub fn postfix_log(&self) -> String {
         setup::logs(&[self.layout.postfix_start_log(), self.layout.postfix_log()])
     }

@@ -1,16 +1,27 @@
 //! Process plumbing for the stacks: spawning with output to a log file, killing whole process
 //! groups, and waiting (bounded) for listeners to greet or to refuse.
 //!
+//! Each daemon runs in a PID namespace of its own when the kernel allows it (`unshare --pid`,
+//! root with CAP_SYS_ADMIN): its master is then the namespace's init, and SIGKILL to that one
+//! process makes the kernel kill *and reap* everything in the namespace at once. Without it,
+//! killed daemons' children are orphaned to PID 1, and a container's PID 1 (as on the machines
+//! this was written on) never reaps them: every stop would leave zombies until the pid space runs
+//! out. Where `unshare` is not permitted (e.g. an unprivileged Docker container), the daemon runs
+//! directly and is killed children-first (see [`kill_tree`]).
+//!
 //! Signals go through `/bin/kill` because `libc::kill` is `unsafe` and the workspace denies
 //! unsafe code; a process-group kill is a handful of calls per test, so the fork is cheap enough.
 //! Liveness is read from `/proc` rather than by signalling, which also lets zombies (dead,
 //! holding no sockets, maybe never reaped by a container's PID 1) count as gone.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -25,12 +36,6 @@ pub(crate) fn log_stdio(path: &Path) -> std::io::Result<(Stdio, Stdio)> {
     Ok((Stdio::from(f), Stdio::from(g)))
 }
 
-/// Runs `cmd` to completion with stdin closed and output appended to `log`.
-pub(crate) fn run_logged(cmd: &mut Command, log: &Path) -> std::io::Result<ExitStatus> {
-    let (out, err) = log_stdio(log)?;
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err).status()
-}
-
 /// The last `lines` lines of a (possibly missing) log file.
 pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read(path)
@@ -41,7 +46,7 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// SIGKILL to every process in group `pgid`. Errors (group already gone) are ignored: the
-/// caller checks the outcome with [`wait_group_gone`].
+/// caller checks the outcome by looking at the group again.
 pub(crate) fn kill_group(pgid: u32) {
     let _ = Command::new("/bin/kill")
         .args(["-s", "KILL", "--", &format!("-{pgid}")])
@@ -51,8 +56,8 @@ pub(crate) fn kill_group(pgid: u32) {
         .status();
 }
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
+/// Processes whose process group is `pgid`; zombies only if `with_zombies`.
+pub(crate) fn group_pids(pgid: u32, with_zombies: bool) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -71,11 +76,25 @@ pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
         let mut f = rest.split_whitespace();
         let state = f.next().unwrap_or("");
         let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
-        if pgrp == Some(pgid) && state != "Z" && state != "X" {
+        if pgrp == Some(pgid) && (with_zombies || (state != "Z" && state != "X")) {
             out.push(pid);
         }
     }
     out
+}
+
+/// SIGKILL to the given pids (errors for already-gone pids are ignored).
+pub(crate) fn kill_pids(pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("/bin/kill")
+        .args(["-s", "KILL", "--"])
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Kills group `pgid` and waits until none of its processes is alive.
@@ -83,7 +102,7 @@ pub(crate) fn kill_group_and_wait(pgid: u32, timeout: Duration) -> Result<(), St
     let deadline = Instant::now() + timeout;
     loop {
         kill_group(pgid);
-        let left = group_members(pgid);
+        let left = group_pids(pgid, false);
         if left.is_empty() {
             return Ok(());
         }
@@ -94,6 +113,29 @@ pub(crate) fn kill_group_and_wait(pgid: u32, timeout: Duration) -> Result<(), St
         }
         sleep(POLL);
     }
+}
+
+/// SIGKILLs a daemon whose master `leader` leads process group `leader`: first every other
+/// member, until the master has reaped them, then the master and whatever is left.
+///
+/// Killing the whole group at once would orphan the children, and a container's PID 1 may never
+/// reap orphans: each kill would leave zombies behind until the pid space runs out. Killing the
+/// children first takes a few milliseconds more; clients see the same thing (connections reset).
+pub(crate) fn kill_tree(leader: u32, timeout: Duration) -> Result<(), String> {
+    let reap_deadline = Instant::now() + Duration::from_millis(500);
+    while pid_alive(leader) && Instant::now() < reap_deadline {
+        let others: Vec<u32> = group_pids(leader, true)
+            .into_iter()
+            .filter(|&p| p != leader)
+            .collect();
+        if others.is_empty() {
+            break;
+        }
+        let live: Vec<u32> = others.into_iter().filter(|&p| pid_alive(p)).collect();
+        kill_pids(&live);
+        sleep(Duration::from_millis(1));
+    }
+    kill_group_and_wait(leader, timeout)
 }
 
 /// Whether a process with this pid exists and is not a zombie.
@@ -201,4 +243,125 @@ pub(crate) fn write_backdated(path: &Path, text: &str) -> std::io::Result<()> {
     fs::write(path, text)?;
     let f = File::options().write(true).open(path)?;
     f.set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+}
+
+/// Whether `unshare --pid --fork` works here (tried once per process).
+fn pid_namespaces() -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| {
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "/bin/true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// A daemon started in the foreground as our child, in a process group of its own (so a
+/// terminal's Ctrl-C does not reach it), with output appended to a log file.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    /// `unshare` (namespace mode) or the daemon command itself.
+    child: Child,
+    namespaced: bool,
+    /// Host pid of the daemon's master, once known.
+    master: Option<u32>,
+}
+
+impl Daemon {
+    pub fn spawn(program: &Path, args: &[&OsStr], log: &Path) -> std::io::Result<Daemon> {
+        let namespaced = pid_namespaces();
+        let mut cmd = if namespaced {
+            // --kill-child: should unshare die, the daemon's namespace goes with it.
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let (out, err) = log_stdio(log)?;
+        let child = cmd
+            .args(args)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()?;
+        Ok(Daemon {
+            child,
+            namespaced,
+            master: None,
+        })
+    }
+
+    pub fn namespaced(&self) -> bool {
+        self.namespaced
+    }
+
+    /// `Err` with the exit status if the daemon (or unshare) has exited.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!("exited: {status}")),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.check_running().is_ok()
+    }
+
+    /// Host pid of the process that forms the daemon: the namespace's init (unshare's only
+    /// child) or, without namespaces, our child.
+    pub fn root_pid(&self) -> Option<u32> {
+        if !self.namespaced {
+            return Some(self.child.id());
+        }
+        let parent = self.child.id();
+        let entries = fs::read_dir("/proc").ok()?;
+        entries.flatten().find_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u32>()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+    }
+
+    /// Records the master's host pid (what [`Daemon::kill`] aims at).
+    pub fn set_master(&mut self, pid: u32) {
+        self.master = Some(pid);
+    }
+
+    /// SIGKILLs the daemon and everything it started, reaps what is ours, and returns once none
+    /// of its processes is alive.
+    pub fn kill(mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let master = self.master.or_else(|| self.root_pid());
+        let result = match (self.namespaced, master) {
+            // The kernel kills and reaps the rest of the namespace.
+            (true, Some(init)) => {
+                kill_pids(&[init]);
+                Ok(())
+            }
+            (false, Some(master)) => kill_tree(master, timeout),
+            (_, None) => Ok(()),
+        };
+        // Our child exits once the master is gone (unshare, or postfix-script's shell); let it
+        // reap the master before anything kills it.
+        while self.is_running() && Instant::now() < deadline {
+            sleep(Duration::from_millis(1));
+        }
+        let rest = kill_group_and_wait(
+            self.child.id(),
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        result.and(rest)
+    }
 }
