@@ -45,7 +45,12 @@ pub fn smtp_send(
     let mut command = Command::new("python3");
     command
         .arg(script("smtp_send.py"))
-        .args(["--host", &addr.ip().to_string(), "--port", &addr.port().to_string()])
+        .args([
+            "--host",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+        ])
         .args(["--from", from, "--message"])
         .arg(message);
     for rcpt in to {
@@ -71,7 +76,12 @@ pub fn imap_fetch(addr: SocketAddr, user: &str, password: &str) -> Vec<Vec<u8>> 
     let mut command = Command::new("python3");
     command
         .arg(script("imap_fetch.py"))
-        .args(["--host", &addr.ip().to_string(), "--port", &addr.port().to_string()])
+        .args([
+            "--host",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+        ])
         .args(["--user", user, "--password", password]);
     let value = run_json(command);
     let messages = value["messages"]

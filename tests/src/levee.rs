@@ -226,7 +226,8 @@ listen = "{metrics}"
     /// The Prometheus exposition text.
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.ports.metrics).expect("metrics endpoint");
+        let mut stream =
+            std::net::TcpStream::connect(self.ports.metrics).expect("metrics endpoint");
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: levee\r\n\r\n")
             .expect("metrics request");

@@ -18,7 +18,12 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/smtp_load.py"))
             .args(["--port", &site.levee.ports.relay.port().to_string()])
             .args(["--threads", "8", "--count", "400", "--seconds", "20"])
-            .args(["--to", "alice@example.test", "--prefix", &format!("crash{round}")])
+            .args([
+                "--to",
+                "alice@example.test",
+                "--prefix",
+                &format!("crash{round}"),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
@@ -59,7 +64,10 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
 
     let journal = site.open_journal();
     let report = journal.verify().unwrap();
-    assert!(report.first_broken.is_none(), "hash chain broken: {report:?}");
+    assert!(
+        report.first_broken.is_none(),
+        "hash chain broken: {report:?}"
+    );
     let mut journaled = HashSet::new();
     for record in journal.read_from(1, usize::MAX).unwrap() {
         if let RecordKind::Message(message) = record.kind {
@@ -67,7 +75,10 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
         }
     }
     let missing: Vec<&String> = acked.iter().filter(|id| !journaled.contains(*id)).collect();
-    assert!(missing.is_empty(), "acknowledged but not journaled: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not journaled: {missing:?}"
+    );
     assert!(acked.len() >= 150, "too little load: {}", acked.len());
     eprintln!(
         "crash test: {} acknowledged, {} journaled, all acknowledged delivered",

@@ -40,18 +40,34 @@ fn message_arrives_byte_identical_and_is_journaled() {
     let RecordKind::Message(message) = &record.kind else {
         panic!("not a message record: {record:?}");
     };
-    assert_eq!(message.body, sent, "journal body differs from what the client sent");
+    assert_eq!(
+        message.body, sent,
+        "journal body differs from what the client sent"
+    );
     assert_eq!(message.mail_from, "bob@example.org");
     assert_eq!(message.rcpt_to, vec!["alice@example.test".to_string()]);
     assert_eq!(message.message_id.as_deref(), Some("e2e-1@example.org"));
-    assert_eq!(record.body_sha256.as_slice(), Sha256::digest(&sent).as_slice());
-    assert!(message.client.addr.as_deref().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(
+        record.body_sha256.as_slice(),
+        Sha256::digest(&sent).as_slice()
+    );
+    assert!(
+        message
+            .client
+            .addr
+            .as_deref()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(
         journal.state(record.seq).unwrap().unwrap().status,
         DeliveryStatus::Delivered
     );
     assert!(journal.verify().unwrap().first_broken.is_none());
-    assert_eq!(journal.by_message_id("e2e-1@example.org").unwrap(), vec![record.seq]);
+    assert_eq!(
+        journal.by_message_id("e2e-1@example.org").unwrap(),
+        vec![record.seq]
+    );
 }
 
 #[test]
@@ -106,7 +122,10 @@ fn auth_is_the_mail_servers_and_levee_is_no_open_relay() {
             &["victim@elsewhere.example"],
             &file,
         );
-        assert!(!relay["ok"].as_bool().unwrap(), "open relay on {port}: {relay}");
+        assert!(
+            !relay["ok"].as_bool().unwrap(),
+            "open relay on {port}: {relay}"
+        );
         let code = relay["code"].as_i64().unwrap();
         assert!((500..600).contains(&code) || code == 454, "{relay}");
     }
@@ -137,7 +156,11 @@ fn auth_is_the_mail_servers_and_levee_is_no_open_relay() {
     site.wait_for_messages("bob", &["auth-1@example.org".into()], 15);
     site.levee.stop();
     let records = site.journal_records();
-    assert_eq!(records.len(), 2, "only the two accepted messages are journaled");
+    assert_eq!(
+        records.len(),
+        2,
+        "only the two accepted messages are journaled"
+    );
     for record in &records {
         let RecordKind::Message(message) = &record.kind else {
             unreachable!()

@@ -13,8 +13,16 @@ fn upstream_down_mail_is_kept_and_delivered_once_when_it_returns() {
 
     let ids: Vec<String> = (0..12).map(|i| format!("outage-{i}@example.org")).collect();
     for (i, id) in ids.iter().enumerate() {
-        let rcpt = if i % 2 == 0 { "alice@example.test" } else { "bob@example.test" };
-        let file = message_file(site.dir.path(), &format!("{i}.eml"), &sample_message(id, rcpt));
+        let rcpt = if i % 2 == 0 {
+            "alice@example.test"
+        } else {
+            "bob@example.test"
+        };
+        let file = message_file(
+            site.dir.path(),
+            &format!("{i}.eml"),
+            &sample_message(id, rcpt),
+        );
         let verdict = smtp_send(
             site.levee.ports.relay,
             Security::Plain,
@@ -23,7 +31,10 @@ fn upstream_down_mail_is_kept_and_delivered_once_when_it_returns() {
             &[rcpt],
             &file,
         );
-        assert_eq!(verdict["code"], 250, "message {i} not accepted while upstream down: {verdict}");
+        assert_eq!(
+            verdict["code"], 250,
+            "message {i} not accepted while upstream down: {verdict}"
+        );
     }
 
     // Without an upstream levee must still refuse what it cannot judge: foreign domains on
@@ -41,7 +52,10 @@ fn upstream_down_mail_is_kept_and_delivered_once_when_it_returns() {
         &["x@elsewhere.example"],
         &file,
     );
-    assert_eq!(relay["code"], 550, "open relay while upstream down: {relay}");
+    assert_eq!(
+        relay["code"], 550,
+        "open relay while upstream down: {relay}"
+    );
     let submission = smtp_send(
         site.levee.ports.submission,
         Security::Plain,
@@ -51,7 +65,10 @@ fn upstream_down_mail_is_kept_and_delivered_once_when_it_returns() {
         &file,
     );
     let code = submission["code"].as_i64().unwrap();
-    assert!((400..500).contains(&code), "submission must answer 4xx: {submission}");
+    assert!(
+        (400..500).contains(&code),
+        "submission must answer 4xx: {submission}"
+    );
 
     // Nothing has reached a mailbox yet.
     assert!(site.stack.inbox_messages("alice").unwrap().is_empty());
@@ -65,7 +82,11 @@ fn upstream_down_mail_is_kept_and_delivered_once_when_it_returns() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let alice_box_later = site.stack.inbox_messages("alice").unwrap();
     assert_eq!(alice_box.len(), alice.len(), "alice: duplicates or strays");
-    assert_eq!(alice_box_later.len(), alice.len(), "alice: duplicate after delivery");
+    assert_eq!(
+        alice_box_later.len(),
+        alice.len(),
+        "alice: duplicate after delivery"
+    );
     assert_eq!(bob_box.len(), bob.len(), "bob: duplicates or strays");
     for id in &ids {
         let copies = alice_box_later
@@ -75,14 +96,26 @@ fn upstream_down_mail_is_kept_and_delivered_once_when_it_returns() {
             .count();
         assert_eq!(copies, 1, "{id} delivered {copies} times");
     }
-    assert!(!alice_box.iter().any(|m| contains(m, b"foreign@example.org")));
+    assert!(
+        !alice_box
+            .iter()
+            .any(|m| contains(m, b"foreign@example.org"))
+    );
 
     site.levee.stop();
     let journal = site.open_journal();
-    assert_eq!(journal.head(), ids.len() as u64, "refused mail must not be journaled");
+    assert_eq!(
+        journal.head(),
+        ids.len() as u64,
+        "refused mail must not be journaled"
+    );
     for seq in 1..=journal.head() {
         let state = journal.state(seq).unwrap().unwrap();
-        assert_eq!(state.status, DeliveryStatus::Delivered, "seq {seq}: {state:?}");
+        assert_eq!(
+            state.status,
+            DeliveryStatus::Delivered,
+            "seq {seq}: {state:?}"
+        );
         assert!(state.attempts >= 1);
     }
     assert!(journal.undelivered(100).unwrap().is_empty());
