@@ -37,9 +37,7 @@ impl Site {
 
     /// As [`Site::start`], with levee run as `mode` and `extra` TOML appended to its config.
     pub fn start_with(name: &str, mode: LeveeMode, extra: &str) -> Site {
-        if let Err(err) = levee_proxy::mailstack::check_installed() {
-            panic!("end-to-end tests need Postfix and Dovecot: {err}");
-        }
+        ensure_mail_servers();
         let stack = MailStack::start(StackSpec::new(name))
             .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
         let dir = tempfile::Builder::new()
@@ -109,6 +107,40 @@ impl Site {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
+}
+
+/// Installs Postfix, Dovecot and python3 with apt-get on first use when they are missing
+/// (a fresh Debian machine), once per test process. Fails loudly when that is impossible:
+/// an end-to-end test never skips.
+pub fn ensure_mail_servers() {
+    static INSTALLED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    if levee_proxy::mailstack::check_installed().is_err() {
+        eprintln!("end-to-end tests: installing Postfix and Dovecot with apt-get");
+        if let Err(err) = levee_proxy::mailstack::install_with_apt() {
+            panic!("end-to-end tests need Postfix and Dovecot and could not install them: {err}");
+        }
+    }
+    if let Err(err) = levee_proxy::mailstack::check_installed() {
+        panic!("end-to-end tests need Postfix and Dovecot: {err}");
+    }
+    let python = std::process::Command::new("python3")
+        .arg("--version")
+        .output();
+    if python.is_err() {
+        let status = std::process::Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "python3"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "end-to-end tests need python3 (apt-get install python3) and could not install it"
+        );
+    }
+    *done = true;
 }
 
 /// Writes `body` to a file in `dir` and returns its path.
