@@ -131,11 +131,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let before = iter.len();
             let done = receiver.ingest(&mut iter, &mut body);
             self.rpos += before - iter.len();
+            if body.len() as u64 > max {
+                if done {
+                    return Ok(Body::TooBig);
+                }
+                return self.discard_body(&receiver, idle).await;
+            }
             if done {
                 return Ok(Body::Complete(body));
-            }
-            if body.len() as u64 > max {
-                return self.discard_body(&receiver, idle).await;
             }
             self.fill(idle).await?;
         }
