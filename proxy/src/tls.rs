@@ -16,6 +16,11 @@ pub enum TlsError {
         path: String,
         source: std::io::Error,
     },
+    #[error("tls: cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("tls: {path} holds no certificate")]
     NoCertificate { path: String },
     #[error("tls: {path} holds no private key")]
@@ -81,10 +86,20 @@ pub fn write_self_signed(
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // The key is a secret: owner-only from the moment the file exists.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .map_err(|source| TlsError::Write {
+                path: path.display().to_string(),
+                source,
+            })
     };
     write(&cert_path, certified.cert.pem())?;
     write(&key_path, certified.signing_key.serialize_pem())?;
@@ -100,6 +115,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_self_signed(dir.path(), &["localhost"]).unwrap();
         acceptor_from_files(&cert, &key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
     }
 
     #[test]
