@@ -16,6 +16,7 @@ use std::time::Duration;
 use levee_config::Config;
 use levee_journal::{DeliveryState, DeliveryStatus, Journal, MessageRecord, RecordKind, Seq};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -31,6 +32,8 @@ enum Attempt {
     Refused(Reply),
     /// Try again later.
     Temporary(String),
+    /// The upstream could not be reached at all; try again later.
+    Unreachable(String),
 }
 
 /// Runs until `shutdown`.
@@ -82,25 +85,28 @@ pub fn recover(journal: &Journal) -> Result<usize, levee_journal::JournalError> 
     Ok(recovered)
 }
 
-/// Attempts every due message once; returns when the next one falls due.
+/// Attempts every due message once, `delivery.workers` at a time; returns when the next
+/// one falls due. A pass stops starting new attempts once the upstream proves unreachable:
+/// every further attempt would only wait for the same connect timeout.
 async fn deliver_due(
     journal: &Journal,
-    config: &Config,
+    config: &Arc<Config>,
     shutdown: &CancellationToken,
 ) -> Result<Option<u64>, levee_journal::JournalError> {
     let queue = journal.undelivered(10_000)?;
     metrics::gauge!(m::DELIVERY_QUEUE).set(queue.len() as f64);
-    let mut next_due: Option<u64> = None;
+    let mut next_due = NextDue::default();
+    let mut running = JoinSet::new();
+    let mut unreachable = false;
     for (seq, state) in queue {
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || unreachable {
             break;
         }
         if state.status != DeliveryStatus::Deferred {
             continue;
         }
         if state.next_attempt_ms > now_ms() {
-            next_due =
-                Some(next_due.map_or(state.next_attempt_ms, |d| d.min(state.next_attempt_ms)));
+            next_due.note(state.next_attempt_ms);
             continue;
         }
         let Some(record) = journal.get(seq)? else {
@@ -109,16 +115,54 @@ async fn deliver_due(
         let RecordKind::Message(message) = record.kind else {
             continue;
         };
-        let attempt = attempt(config, &message).await;
-        let new_state = next_state(config, &state, record.time_ms, attempt, seq);
-        if new_state.status == DeliveryStatus::Deferred {
-            next_due = Some(next_due.map_or(new_state.next_attempt_ms, |d| {
-                d.min(new_state.next_attempt_ms)
-            }));
+        while running.len() >= config.delivery.workers {
+            if let Some(done) = running.join_next().await {
+                unreachable |= settle(journal, config, done, &mut next_due)?;
+            }
         }
-        journal.set_state(seq, &new_state)?;
+        let config = config.clone();
+        let received_ms = record.time_ms;
+        running.spawn(async move {
+            let outcome = attempt(&config, &message).await;
+            (seq, state, received_ms, outcome)
+        });
     }
-    Ok(next_due)
+    while let Some(done) = running.join_next().await {
+        settle(journal, config, done, &mut next_due)?;
+    }
+    Ok(next_due.0)
+}
+
+type Finished = (Seq, DeliveryState, u64, Attempt);
+
+/// Records the outcome of one attempt; true when the upstream could not be reached.
+fn settle(
+    journal: &Journal,
+    config: &Config,
+    done: Result<Finished, tokio::task::JoinError>,
+    next_due: &mut NextDue,
+) -> Result<bool, levee_journal::JournalError> {
+    let Ok((seq, old, received_ms, outcome)) = done else {
+        tracing::error!("delivery attempt panicked; the message stays queued");
+        return Ok(false);
+    };
+    let unreachable = matches!(outcome, Attempt::Unreachable(_));
+    let new_state = next_state(config, &old, received_ms, outcome, seq);
+    if new_state.status == DeliveryStatus::Deferred {
+        next_due.note(new_state.next_attempt_ms);
+    }
+    journal.set_state(seq, &new_state)?;
+    Ok(unreachable)
+}
+
+/// The earliest time at which a queued message falls due.
+#[derive(Debug, Default)]
+struct NextDue(Option<u64>);
+
+impl NextDue {
+    fn note(&mut self, at_ms: u64) {
+        self.0 = Some(self.0.map_or(at_ms, |d| d.min(at_ms)));
+    }
 }
 
 fn next_state(
@@ -142,7 +186,7 @@ fn next_state(
             tracing::error!(seq, reply = %reply, "deferred message refused permanently");
             (DeliveryStatus::Failed, reply.summary())
         }
-        Attempt::Temporary(why) => {
+        Attempt::Temporary(why) | Attempt::Unreachable(why) => {
             let age = Duration::from_millis(now.saturating_sub(received_ms));
             if age > config.delivery.max_age {
                 metrics::counter!(m::MESSAGES_FAILED).increment(1);
@@ -191,21 +235,21 @@ async fn attempt(config: &Config, message: &MessageRecord) -> Attempt {
             .clone()
             .filter(|u| !u.is_empty()),
     };
-    let result = async {
-        let mut upstream = Upstream::connect(
-            upstream_addr,
-            config.smtp.connect_timeout,
-            config.smtp.upstream_timeout,
-            &config.smtp.hostname,
-            &identity,
-        )
-        .await?;
-        let outcome = transfer(&mut upstream, message).await;
-        upstream.quit().await;
-        outcome
-    }
-    .await;
-    match result {
+    let mut upstream = match Upstream::connect(
+        upstream_addr,
+        config.smtp.connect_timeout,
+        config.smtp.upstream_timeout,
+        &config.smtp.hostname,
+        &identity,
+    )
+    .await
+    {
+        Ok(upstream) => upstream,
+        Err(err) => return Attempt::Unreachable(err.to_string()),
+    };
+    let outcome = transfer(&mut upstream, message).await;
+    upstream.quit().await;
+    match outcome {
         Ok(attempt) => attempt,
         Err(err) => Attempt::Temporary(err.to_string()),
     }
