@@ -8,13 +8,13 @@
 //! 1. Postfix (a [`MailStack`] in benchmark mode): `smtp-source` (new connection per message)
 //!    straight to Postfix's smtpd vs through levee's relay listener in front of it.
 //! 2. `smtp-sink`: `smtp-source -d` (connections reused) straight to the sink vs through levee,
-//!    which pays its journal (fdatasync before every 250) and nothing else.
+//!    which then pays its journal (fdatasync before every 250) and little else.
 //!
-//! Runs alternate (direct, levee, direct, levee, ...) and the figures are medians over rounds.
-//! levee runs as a child process: this very binary re-executed with `BENCH_SMTP_AS_LEVEE=1`
-//! calls `levee_proxy::cli::main()`, the `levee` binary's entry point, so the child is always
-//! built from the same sources as the bench. Every levee run gets a fresh journal on disk
-//! (under /var/tmp) and must journal exactly the number of messages sent, or the bench fails.
+//! Runs alternate (direct, levee, direct, levee, ...); figures are medians over rounds. levee
+//! runs as a child: this binary re-executed with `BENCH_SMTP_AS_LEVEE=1` calls
+//! `levee_proxy::cli::main()` (the `levee` binary's entry point), so the child is always built
+//! from the same sources. Every levee run gets a fresh journal under /var/tmp and must journal
+//! exactly the messages sent, or the bench fails.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -29,48 +29,32 @@ use levee_proxy::mailstack::{MailStack, StackSpec, free_port};
 
 const AS_LEVEE: &str = "BENCH_SMTP_AS_LEVEE";
 const JOURNAL_PARENT: &str = "/var/tmp";
-const FROM: &str = "bench@example.org";
-const TO: &str = "alice@example.test";
 const BEGIN: &str = "<!-- bench-smtp:begin";
 const END: &str = "<!-- bench-smtp:end -->";
+/// Messages of the single-session (latency-bound) runs: Postfix, smtp-sink.
+const ONE: (u64, u64) = (200, 1000);
 
-#[derive(Debug)]
+/// SMTP throughput straight to Postfix / smtp-sink vs through levee (run as root).
+#[derive(Debug, clap::Parser)]
 struct Args {
+    /// Rounds of alternating direct / levee runs (figures are medians).
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Messages per Postfix run (new connection per message).
+    #[arg(long, default_value_t = 4000)]
     messages: u64,
+    /// Messages per smtp-sink run (connections reused).
+    #[arg(long, default_value_t = 20000)]
     sink_messages: u64,
+    /// smtp-source sessions.
+    #[arg(long, default_value_t = 20)]
     sessions: u32,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096)]
     size: u32,
+    /// Rewrite the SMTP section of this markdown file (e.g. BENCHMARKS.md).
+    #[arg(long)]
     write: Option<PathBuf>,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        rounds: 3,
-        messages: 4000,
-        sink_messages: 20000,
-        sessions: 20,
-        size: 4096,
-        write: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--rounds" => args.rounds = value()?.parse()?,
-            "--messages" => args.messages = value()?.parse()?,
-            "--sink-messages" => args.sink_messages = value()?.parse()?,
-            "--sessions" => args.sessions = value()?.parse()?,
-            "--size" => args.size = value()?.parse()?,
-            "--write" => args.write = Some(PathBuf::from(value()?)),
-            _ => bail!(
-                "usage: bench-smtp [--rounds N] [--messages N] [--sink-messages N] \
-                 [--sessions N] [--size BYTES] [--write BENCHMARKS.md] (unknown {flag:?})"
-            ),
-        }
-    }
-    ensure!(args.rounds > 0 && args.messages > 0 && args.sink_messages > 0);
-    Ok(args)
 }
 
 /// A child process killed (and reaped) on drop, also when the bench fails half-way.
@@ -100,27 +84,20 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn source_args(args: &Args, n: u64, reuse: bool, addr: SocketAddr) -> Vec<String> {
-    let mut v: Vec<String> = vec!["-s".into(), args.sessions.to_string(), "-l".into()];
-    v.extend([args.size.to_string(), "-m".into(), n.to_string()]);
-    if reuse {
-        v.push("-d".into());
-    }
-    v.extend([
-        "-f".into(),
-        FROM.into(),
-        "-t".into(),
-        TO.into(),
-        addr.to_string(),
-    ]);
-    v
+fn source_cmd(a: &Args, sessions: u32, n: u64, reuse: bool, to: &str) -> Vec<String> {
+    let reuse = if reuse { "-d " } else { "" };
+    let s = format!(
+        "-s {sessions} -l {} -m {n} {reuse}-f bench@example.org -t alice@example.test {to}",
+        a.size
+    );
+    s.split(' ').map(String::from).collect()
 }
 
 /// Runs smtp-source to completion; returns its wall time. Any failure is fatal.
-fn source(args: &Args, n: u64, reuse: bool, addr: SocketAddr) -> Result<Duration> {
+fn source(a: &Args, sessions: u32, n: u64, reuse: bool, addr: SocketAddr) -> Result<Duration> {
     let started = Instant::now();
     let out = Command::new("/usr/sbin/smtp-source")
-        .args(source_args(args, n, reuse, addr))
+        .args(source_cmd(a, sessions, n, reuse, &addr.to_string()))
         .stdin(Stdio::null())
         .output()
         .context("running /usr/sbin/smtp-source")?;
@@ -137,6 +114,36 @@ fn source(args: &Args, n: u64, reuse: bool, addr: SocketAddr) -> Result<Duration
     Ok(elapsed)
 }
 
+fn clk_tck() -> f64 {
+    shell("getconf", &["CLK_TCK"]).parse().unwrap_or(100.0)
+}
+
+/// Busy CPU time of the whole machine (all CPUs), in clock ticks.
+fn machine_busy() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse::<u64>().ok())
+        .sum()
+}
+
 /// A levee child with a fresh data dir, relaying to `upstream`.
 #[derive(Debug)]
 struct LeveeRun {
@@ -150,6 +157,7 @@ struct LeveeRun {
 #[derive(Debug, Clone, Default)]
 struct Facts {
     hwm_kib: u64,
+    cpu_ticks: u64,
     appends: u64,
     flushes: u64,
     delivered: u64,
@@ -197,16 +205,18 @@ impl LeveeRun {
         levee_tests::tail(&log, 20)
     }
 
-    /// Sum of every series of `name` in levee's Prometheus exposition.
+    /// Sum of every series of `name` in a Prometheus exposition.
     fn metric(text: &str, name: &str) -> u64 {
-        text.lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        let lines = text
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name));
+        lines
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
 
-    /// Reads metrics and peak RSS, stops levee (SIGTERM), reopens the journal and checks that
-    /// it holds exactly `sent` messages.
+    /// Reads metrics, peak RSS and CPU time, stops levee (SIGTERM), reopens the journal and
+    /// checks that it holds exactly `sent` messages, all delivered upstream.
     fn finish(mut self, sent: u64) -> Result<Facts> {
         let mut text = String::new();
         let mut stream = TcpStream::connect(self.metrics)?;
@@ -219,6 +229,7 @@ impl LeveeRun {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .context("no VmHWM in /proc/<levee>/status")?;
+        let cpu_ticks = process_ticks(pid);
         Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()?;
@@ -239,43 +250,36 @@ impl LeveeRun {
             &self.dir.path().join("data/journal"),
             JournalOptions::default(),
         )?;
-        let facts = Facts {
+        let f = Facts {
             hwm_kib,
+            cpu_ticks,
             appends: Self::metric(&text, "levee_journal_appends_total"),
             flushes: Self::metric(&text, "levee_journal_flushes_total"),
             delivered: Self::metric(&text, "levee_messages_delivered_total"),
             head: journal.head(),
         };
         ensure!(
-            facts.head == sent && facts.appends == sent && facts.delivered == sent,
-            "levee run lost count: sent {sent}, journal head {}, appends {}, delivered upstream {}\n{}",
-            facts.head,
-            facts.appends,
-            facts.delivered,
+            f.head == sent && f.appends == sent && f.delivered == sent,
+            "levee lost count: sent {sent}, journal head {}, appends {}, delivered {}\n{}",
+            f.head,
+            f.appends,
+            f.delivered,
             self.log_tail()
         );
-        Ok(facts)
+        Ok(f)
     }
 }
 
-/// Messages in alice's Maildir (new/ and cur/).
-fn maildir_count(stack: &MailStack) -> u64 {
-    let dir = stack.maildir("alice");
-    ["new", "cur"]
-        .iter()
-        .map(|d| {
-            std::fs::read_dir(dir.join(d))
-                .map(|r| r.count() as u64)
-                .unwrap_or(0)
-        })
-        .sum()
-}
-
-/// Waits until alice's Maildir holds `expected` messages; returns the time since `started`.
+/// Waits until alice's Maildir (new/ + cur/) holds `expected` messages; returns the time
+/// since `started`.
 fn drain(stack: &MailStack, expected: u64, started: Instant) -> Result<Duration> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let count = maildir_count(stack);
+        let dir = stack.maildir("alice");
+        let count: u64 = ["new", "cur"]
+            .iter()
+            .map(|d| std::fs::read_dir(dir.join(d)).map_or(0, |r| r.count() as u64))
+            .sum();
         ensure!(
             count <= expected,
             "{count} messages in the Maildir, only {expected} sent"
@@ -284,94 +288,109 @@ fn drain(stack: &MailStack, expected: u64, started: Instant) -> Result<Duration>
             return Ok(started.elapsed());
         }
         if Instant::now() > deadline {
-            bail!(
-                "only {count} of {expected} messages delivered after 300 s\n{}",
-                levee_tests::tail(&stack.postfix_log(), 20)
-            );
+            let log = levee_tests::tail(&stack.postfix_log(), 20);
+            bail!("only {count} of {expected} messages delivered after 300 s\n{log}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
+/// One run (direct or through levee) of one scenario, in msg/s (`cpu_us`: machine CPU per
+/// message of the many-session run).
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    rate: f64,
+    until_maildir: f64,
+    one_session: f64,
+    cpu_us: f64,
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
+/// Many sessions (timed; machine CPU until the last delivery), then one session. Postfix
+/// runs wait until the Maildir holds every message, then empty it: Dovecot's LMTP delivery
+/// costs grow with the Maildir (it rescans `new/`), which would penalise later runs.
+fn measure(
+    a: &Args,
+    n: u64,
+    one: u64,
+    reuse: bool,
+    addr: SocketAddr,
+    stack: Option<&MailStack>,
+) -> Result<Run> {
+    let (busy, started) = (machine_busy(), Instant::now());
+    let t = source(a, a.sessions, n, reuse, addr)?;
+    let mut run = Run {
+        rate: n as f64 / t.as_secs_f64(),
+        ..Run::default()
+    };
+    if let Some(stack) = stack {
+        run.until_maildir = n as f64 / drain(stack, n, started)?.as_secs_f64();
     }
-}
-
-fn fmt_rate(r: f64) -> String {
-    let r = r.round() as u64;
-    if r >= 1000 {
-        format!("{},{:03}", r / 1000, r % 1000)
-    } else {
-        r.to_string()
+    run.cpu_us = (machine_busy() - busy) as f64 * 1e6 / clk_tck() / n as f64;
+    let t1 = Instant::now();
+    source(a, 1, one, reuse, addr)?;
+    if let Some(stack) = stack {
+        drain(stack, n + one, t1)?;
+        empty_maildir(stack)?;
     }
+    run.one_session = one as f64 / t1.elapsed().as_secs_f64();
+    Ok(run)
 }
 
-fn list(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|&v| fmt_rate(v))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Removes alice's Maildir (Dovecot recreates it, indexes included, on the next delivery).
+fn empty_maildir(stack: &MailStack) -> Result<()> {
+    match std::fs::remove_dir_all(stack.maildir("alice")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).context("emptying the Maildir")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Per-round results of one scenario.
 #[derive(Debug, Default)]
 struct Series {
-    direct: Vec<f64>,
-    levee: Vec<f64>,
-    direct_delivered: Vec<f64>,
-    levee_delivered: Vec<f64>,
+    direct: Vec<Run>,
+    levee: Vec<Run>,
     facts: Vec<Facts>,
 }
 
-fn bench_postfix(args: &Args) -> Result<(Series, String)> {
+/// Alternating rounds against `upstream` (Postfix when `stack` is given, else smtp-sink).
+fn rounds(a: &Args, name: &str, upstream: SocketAddr, stack: Option<&MailStack>) -> Result<Series> {
+    let (n, one, reuse) = if stack.is_some() {
+        (a.messages, ONE.0, false)
+    } else {
+        (a.sink_messages, ONE.1, true)
+    };
+    let mut s = Series::default();
+    for round in 1..=a.rounds {
+        s.direct.push(measure(a, n, one, reuse, upstream, stack)?);
+        let levee = start_levee(upstream)?;
+        s.levee.push(measure(a, n, one, reuse, levee.relay, stack)?);
+        s.facts.push(levee.finish(n + one)?);
+        let (d, l) = (s.direct[round - 1].rate, s.levee[round - 1].rate);
+        eprintln!(
+            "{name} round {round}: direct {} msg/s, levee {} msg/s",
+            fmt(d),
+            fmt(l)
+        );
+    }
+    Ok(s)
+}
+
+fn bench_postfix(a: &Args) -> Result<(Series, String)> {
     let spec = StackSpec {
         benchmark_mode: true,
         ..StackSpec::new("bench")
     };
     let stack = MailStack::start(spec).context("starting Postfix + Dovecot")?;
-    let n = args.messages;
-    let mut expected = 200;
-    source(args, 200, false, stack.smtp_addr())?; // warm-up: Postfix and Dovecot processes
-    drain(&stack, expected, Instant::now())?;
-    let mut s = Series::default();
-    for round in 1..=args.rounds {
-        let started = Instant::now();
-        let t = source(args, n, false, stack.smtp_addr())?;
-        expected += n;
-        let until_delivered = drain(&stack, expected, started)?;
-        s.direct.push(rate(n, t));
-        s.direct_delivered.push(rate(n, until_delivered));
-
-        let levee = start_levee(stack.smtp_addr())?;
-        let started = Instant::now();
-        let t = source(args, n, false, levee.relay)?;
-        expected += n;
-        let until_delivered = drain(&stack, expected, started)?;
-        s.facts.push(levee.finish(n)?);
-        s.levee.push(rate(n, t));
-        s.levee_delivered.push(rate(n, until_delivered));
-        eprintln!(
-            "postfix round {round}: direct {} msg/s, levee {} msg/s",
-            fmt_rate(s.direct[round - 1]),
-            fmt_rate(s.levee[round - 1])
-        );
-    }
+    source(a, a.sessions, 200, false, stack.smtp_addr())?; // warm-up
+    drain(&stack, 200, Instant::now())?;
+    empty_maildir(&stack)?;
+    let s = rounds(a, "postfix", stack.smtp_addr(), Some(&stack))?;
     Ok((s, fs_of(stack.dir())))
 }
 
-fn bench_sink(args: &Args) -> Result<Series> {
+fn bench_sink(a: &Args) -> Result<Series> {
     let addr = local(free_port()?);
     let sink = Command::new("/usr/sbin/smtp-sink")
         .args(["-u", "nobody", &addr.to_string(), "1000"])
@@ -381,29 +400,13 @@ fn bench_sink(args: &Args) -> Result<Series> {
         .context("spawning /usr/sbin/smtp-sink")?;
     let _sink = Guard(sink);
     wait_listening(addr, "smtp-sink")?;
-    let n = args.sink_messages;
-    source(args, 2000, true, addr)?; // warm-up
-    let mut s = Series::default();
-    for round in 1..=args.rounds {
-        s.direct.push(rate(n, source(args, n, true, addr)?));
-        let levee = start_levee(addr)?;
-        let t = source(args, n, true, levee.relay)?;
-        s.facts.push(levee.finish(n)?);
-        s.levee.push(rate(n, t));
-        eprintln!(
-            "smtp-sink round {round}: direct {} msg/s, levee {} msg/s",
-            fmt_rate(s.direct[round - 1]),
-            fmt_rate(s.levee[round - 1])
-        );
-    }
-    Ok(s)
+    source(a, a.sessions, 2000, true, addr)?; // warm-up
+    rounds(a, "smtp-sink", addr, None)
 }
 
 fn shell(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let out = Command::new(cmd).args(args).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
 
@@ -413,127 +416,142 @@ fn fs_of(dir: &Path) -> String {
         "df",
         &["--output=source,fstype,target", &dir.display().to_string()],
     );
-    let line = out.lines().nth(1).unwrap_or("?");
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    out.lines()
+        .nth(1)
+        .unwrap_or("?")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-fn facts_line(facts: &[Facts]) -> String {
-    let per: Vec<String> = facts
-        .iter()
-        .map(|f| {
-            let ratio = f.appends as f64 / f.flushes.max(1) as f64;
-            format!(
-                "{} journaled / {} flushes ({ratio:.1} per fdatasync), peak RSS {} MiB",
-                f.head,
-                f.flushes,
-                f.hwm_kib / 1024
-            )
-        })
-        .collect();
-    per.join("; ")
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
-fn report(args: &Args, pf: &Series, stack_fs: &str, sink: &Series) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpu
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .unwrap_or(": ?");
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = shell("uname", &["-r"]);
-    let date = shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let cmd: Vec<String> = std::env::args().skip(1).collect();
-    let (m, k, sz) = (args.messages, args.sink_messages, args.size);
-    let a = |n, reuse, port: &str| {
-        format!(
-            "smtp-source {}",
-            source_args(args, n, reuse, local(0)).join(" ")
-        )
-        .replace("127.0.0.1:0", port)
+fn fmt(r: f64) -> String {
+    let r = r.round() as u64;
+    if r >= 1000 {
+        format!("{},{:03}", r / 1000, r % 1000)
+    } else {
+        r.to_string()
+    }
+}
+
+/// `| what | direct | levee | ratio | goal |` from the medians of `pick`.
+fn row(o: &mut String, what: &str, s: &Series, pick: fn(&Run) -> f64, unit: &str, goal: &str) {
+    let d = median(s.direct.iter().map(pick));
+    let l = median(s.levee.iter().map(pick));
+    let each = |runs: &[Run]| {
+        runs.iter()
+            .map(|r| fmt(pick(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    let ratio = |s: &Series| median(&s.levee) / median(&s.direct);
-    let ratio_d = |s: &Series| median(&s.levee_delivered) / median(&s.direct_delivered);
-    let hwm = |s: &Series| s.facts.iter().map(|f| f.hwm_kib).max().unwrap_or(0) / 1024;
+    let _ = writeln!(
+        o,
+        "| {what} | {} {unit} | {} {unit} | {:.2}x | {goal} | {} / {} |",
+        fmt(d),
+        fmt(l),
+        l / d,
+        each(&s.direct),
+        each(&s.levee)
+    );
+}
+
+fn journal_facts(o: &mut String, what: &str, s: &Series, sent: u64, tck: f64) {
+    let each: Vec<String> = s.facts.iter().map(|f| {
+        let per = f.appends as f64 / f.flushes.max(1) as f64;
+        let cpu = f.cpu_ticks as f64 * 1e6 / tck / sent as f64;
+        format!("{} journaled, {} fdatasyncs ({per:.1} msgs each), levee CPU {cpu:.0} us/msg, peak RSS {:.1} MiB", f.head, f.flushes, f.hwm_kib as f64 / 1024.0)
+    }).collect();
+    let _ = writeln!(o, "- {what}: {}", each.join("; "));
+}
+
+fn report(a: &Args, pf: &Series, stack_fs: &str, sink: &Series) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| {
+        Some(
+            l.strip_prefix("model name")?
+                .trim_start_matches([' ', '\t', ':']),
+        )
+    });
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let (kernel, date) = (
+        shell("uname", &["-r"]),
+        shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    );
+    let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let (m, k, sz, ss) = (a.messages, a.sink_messages, a.size, a.sessions);
     let mut o = String::new();
     let _ = write!(
         o,
         "{BEGIN} (generated by `bench-smtp --write`; edits inside are overwritten) -->\n\
-## SMTP throughput: direct vs through levee\n\n\
-- Machine: {nproc} CPUs, {cpu}, Linux {kernel}\n\
-- Date: {date}\n\
-- Command: `cargo run --release -p levee-tests --bin bench-smtp -- {}`\n\
-- levee journal (fresh per levee run, sled + fdatasync group commit): `{JOURNAL_PARENT}` on {}; \
-mail stack (Postfix queue, Maildirs): {stack_fs}\n\
-- levee: release build, relay listener `tls = \"none\"`, log level info to a file beside the journal, \
-metrics on; every 250 from levee means the message was fdatasync'ed first.\n\
-- {} rounds, runs alternating direct, levee, direct, levee, ...; figures are medians over rounds.\n\n\
-| figure | direct | levee | levee/direct | goal |\n| --- | --- | --- | --- | --- |\n\
-| Postfix accept, {m} msgs, new connection per message, {} sessions, {sz} B | {} msg/s | {} msg/s | {:.2}x | >= 0.75x (stretch 0.9x) |\n\
-| Postfix, same runs, until all in Dovecot's Maildir | {} msg/s | {} msg/s | {:.2}x | |\n\
-| smtp-sink, {k} msgs, connections reused (`-d`), {} sessions, {sz} B | {} msg/s | {} msg/s | {:.2}x | levee >= 3,000 msg/s |\n\
-| levee peak RSS (VmHWM), max over runs | | {} MiB (Postfix) / {} MiB (sink) | | |\n\n",
-        cmd.join(" "),
+         ## SMTP: direct vs through levee\n\n\
+         - Machine: {nproc} CPUs ({}), Linux {kernel}; date {date}\n\
+         - Command: `cargo run --release -p levee-tests --bin bench-smtp -- {cmd}`\n\
+         - levee journal: fresh per levee run under `{JOURNAL_PARENT}`, on {}; mail stack \
+         (Postfix queue, Maildirs) on {stack_fs}\n\
+         - {} rounds alternating direct, levee, direct, levee, ...; medians, then every round \
+         (direct / levee) in the last column\n\n\
+         | figure | direct | levee | levee/direct | goal | rounds |\n| --- | --- | --- | --- | --- | --- |\n",
+        model.unwrap_or("?"),
         fs_of(Path::new(JOURNAL_PARENT)),
-        args.rounds,
-        args.sessions,
-        fmt_rate(median(&pf.direct)),
-        fmt_rate(median(&pf.levee)),
-        ratio(pf),
-        fmt_rate(median(&pf.direct_delivered)),
-        fmt_rate(median(&pf.levee_delivered)),
-        ratio_d(pf),
-        args.sessions,
-        fmt_rate(median(&sink.direct)),
-        fmt_rate(median(&sink.levee)),
-        ratio(sink),
-        hwm(pf),
-        hwm(sink),
+        a.rounds,
     );
+    let postfix = format!("Postfix, {ss} sessions, new connection per message, {m} x {sz} B");
+    let sink_many = format!("smtp-sink, {ss} sessions, connections reused (-d), {k} x {sz} B");
+    type Pick = fn(&Run) -> f64;
+    #[rustfmt::skip]
+    let rows: [(String, &Series, Pick, &str, &str); 7] = [
+        (format!("{postfix}: accepted"), pf, |r| r.rate, "msg/s", ">= 0.75x (stretch 0.9x)"),
+        (format!("{postfix}: until all in the Maildir"), pf, |r| r.until_maildir, "msg/s", ""),
+        (format!("Postfix, 1 session, {} msgs, until in the Maildir", ONE.0), pf, |r| r.one_session, "msg/s", ""),
+        ("Postfix: machine CPU (all cores) per message, accepted and delivered".into(), pf, |r| r.cpu_us, "us", ""),
+        (sink_many, sink, |r| r.rate, "msg/s", "levee >= 3,000 msg/s"),
+        (format!("smtp-sink, 1 session (-d), {} msgs", ONE.1), sink, |r| r.one_session, "msg/s", ""),
+        ("smtp-sink: machine CPU (all cores) per message".into(), sink, |r| r.cpu_us, "us", ""),
+    ];
+    for (what, series, pick, unit, goal) in rows {
+        row(&mut o, &what, series, pick, unit, goal);
+    }
+    let _ = writeln!(
+        o,
+        "\nAfter each levee run (journal head after reopening; fdatasyncs = `levee_journal_flushes_total`, read before stopping; CPU = utime + stime; peak RSS = VmHWM):\n"
+    );
+    let tck = clk_tck();
+    journal_facts(&mut o, "Postfix", pf, m + ONE.0, tck);
+    journal_facts(&mut o, "smtp-sink", sink, k + ONE.1, tck);
     let _ = write!(
         o,
-        "Per round (msg/s, in order):\n\n\
-- Postfix accept: direct {}; levee {}\n\
-- Postfix until in Maildir: direct {}; levee {}\n\
-- smtp-sink: direct {}; levee {}\n\n\
-Journal after each levee run (journal head after reopening; appends and flushes from \
-`levee_journal_appends_total` / `levee_journal_flushes_total` read before stopping):\n\n\
-- Postfix: {}\n- smtp-sink: {}\n\n\
-### How to reproduce each figure\n\n\
-The bench does all of this itself; by hand, as root:\n\n\
-- Postfix: a `MailStack` with `benchmark_mode = true` (Postfix 25 -> Dovecot LMTP, user alice). \
-Direct: `{}`; levee: the same against levee's relay listener, levee's upstream being that \
-Postfix. A warm-up of 200 messages goes first. After every run the bench waits until alice's \
-Maildir holds every message sent so far, so each run starts with an empty Postfix queue \
-(\"until in Maildir\" is sent count / time from the start of smtp-source to the last delivery).\n\
-- smtp-sink: `smtp-sink -u nobody 127.0.0.1:PORT 1000` (one sink for all runs, warm-up of \
-2,000 messages). Direct: `{}`; levee: the same against levee, upstream = the sink.\n\
-- levee: `BENCH_SMTP_AS_LEVEE=1 bench-smtp run --config levee.toml` (that is `levee run`), \
-config `[smtp] hostname`, `local_domains = [\"example.test\"]`, `max_connections = 10000`, \
-one `[[smtp.listen]] kind = \"relay\" tls = \"none\"`, `[metrics] listen`, data_dir under \
-{JOURNAL_PARENT}. Peak RSS is `VmHWM` of `/proc/<levee>/status` just before SIGTERM.\n\
-- Sanity checks that fail the bench: smtp-source exit status; every levee run's journal head, \
-appends and upstream deliveries equal the messages sent; every message reaches the Maildir.\n\n{END}\n",
-        list(&pf.direct),
-        list(&pf.levee),
-        list(&pf.direct_delivered),
-        list(&pf.levee_delivered),
-        list(&sink.direct),
-        list(&sink.levee),
-        facts_line(&pf.facts),
-        facts_line(&sink.facts),
-        a(m, false, "127.0.0.1:PORT"),
-        a(k, true, "127.0.0.1:PORT"),
+        "\nLoad commands (PORT = Postfix's smtpd or smtp-sink, or levee's relay listener in front of it):\n\n\
+         - Postfix: `smtp-source {}`, then `smtp-source {}`\n\
+         - smtp-sink (`smtp-sink -u nobody 127.0.0.1:PORT 1000`): `smtp-source {}`, then `smtp-source {}`\n\n{END}\n",
+        source_cmd(a, ss, m, false, "127.0.0.1:PORT").join(" "),
+        source_cmd(a, 1, ONE.0, false, "127.0.0.1:PORT").join(" "),
+        source_cmd(a, ss, k, true, "127.0.0.1:PORT").join(" "),
+        source_cmd(a, 1, ONE.1, true, "127.0.0.1:PORT").join(" "),
     );
     o
 }
 
 /// Replaces the bench-smtp section of `path` (or appends it), keeping everything else.
 fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# levee benchmarks\n\n".into());
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# levee benchmarks\n".into());
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(b), Some(e)) if e > b => {
             let rest = old[e + END.len()..].trim_start_matches('\n');
-            format!("{}{section}{rest}", &old[..b])
+            format!(
+                "{}{section}{}{rest}",
+                &old[..b],
+                if rest.is_empty() { "" } else { "\n" }
+            )
         }
         _ => format!("{}\n\n{section}", old.trim_end_matches('\n')),
     };
@@ -541,13 +559,13 @@ fn write_section(path: &Path, section: &str) -> Result<()> {
 }
 
 fn bench() -> Result<()> {
-    let args = parse_args()?;
+    let a = <Args as clap::Parser>::parse();
     levee_proxy::mailstack::check_installed()?;
-    let (pf, stack_fs) = bench_postfix(&args)?;
-    let sink = bench_sink(&args)?;
-    let text = report(&args, &pf, &stack_fs, &sink);
+    let (pf, stack_fs) = bench_postfix(&a)?;
+    let sink = bench_sink(&a)?;
+    let text = report(&a, &pf, &stack_fs, &sink);
     println!("{text}");
-    if let Some(path) = &args.write {
+    if let Some(path) = &a.write {
         write_section(path, &text)?;
         eprintln!("wrote the SMTP section of {}", path.display());
     }
