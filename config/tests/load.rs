@@ -98,7 +98,9 @@ tls = "none"
 
 #[test]
 fn missing_tls_files_are_reported() {
-    let text = format!("{MINIMAL}\n[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n");
+    let text = format!(
+        "{MINIMAL}\n[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n"
+    );
     let errs = problems(&text);
     assert!(errs.iter().any(|e| e.contains("tls.cert")), "{errs:?}");
     assert!(errs.iter().any(|e| e.contains("tls.key")), "{errs:?}");
