@@ -235,7 +235,7 @@ async fn attempt(config: &Config, message: &MessageRecord) -> Attempt {
             .clone()
             .filter(|u| !u.is_empty()),
     };
-    let mut upstream = match Upstream::connect(
+    let mut upstream = match Upstream::open(
         upstream_addr,
         config.smtp.connect_timeout,
         config.smtp.upstream_timeout,

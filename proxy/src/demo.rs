@@ -142,7 +142,7 @@ retry_max = "2s"
 }
 
 async fn send(levee: std::net::SocketAddr, message_id: &str) -> anyhow::Result<Reply> {
-    let mut client = Upstream::connect(
+    let mut client = Upstream::open(
         levee,
         Duration::from_secs(5),
         Duration::from_secs(30),

@@ -199,7 +199,18 @@ async fn pipelined_transaction_is_relayed_with_xclient_and_journaled() {
                 .iter()
                 .any(|c| c.starts_with("XCLIENT ADDR=127.0.0.1 PORT="))
         );
-        assert!(script.commands.iter().any(|c| c.contains("HELO=c.test")));
+        // After XCLIENT the upstream session restarts with the client's own EHLO name.
+        let xclient = script
+            .commands
+            .iter()
+            .position(|c| c.starts_with("XCLIENT"))
+            .unwrap();
+        assert_eq!(
+            script.commands[xclient + 1],
+            "EHLO c.test",
+            "{:?}",
+            script.commands
+        );
         // Dot-stuffing is restored on the way out.
         assert_eq!(
             script.delivered,

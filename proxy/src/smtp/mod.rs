@@ -124,6 +124,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, info: ListenerInfo, shared:
     let _ = stream.set_nodelay(true);
     let implicit = info.tls == TlsMode::Implicit;
     let mut session = Session::new(shared.clone(), info, peer, implicit);
+    session.connect_upstream_early();
     if implicit {
         if let Some(tls) = handshake(&shared, stream).await {
             let mut conn = Connection::new(tls);

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{ConnError, Connection, Line};
 use super::reply::{self, Reply};
-use super::upstream::{ClientIdentity, Upstream};
+use super::upstream::{ClientIdentity, Upstream, UpstreamError};
 use super::{ListenerInfo, SmtpShared};
 use crate::metrics as m;
 use levee_config::{ListenerKind, TlsMode};
@@ -48,8 +48,18 @@ pub struct Session {
     pub(super) tls: bool,
     pub(super) auth_user: Option<String>,
     pub(super) upstream: Option<Upstream>,
+    /// The upstream connection being opened while the client is still greeting us.
+    pending: Option<tokio::task::JoinHandle<Result<Upstream, UpstreamError>>>,
     pub(super) tx: Option<Transaction>,
     errors: u32,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.abort();
+        }
+    }
 }
 
 impl Session {
@@ -67,9 +77,30 @@ impl Session {
             tls,
             auth_user: None,
             upstream: None,
+            pending: None,
             tx: None,
             errors: 0,
         }
+    }
+
+    /// Starts connecting to the upstream (greeting, EHLO, XCLIENT) in the background, so
+    /// that the client's EHLO costs one upstream round trip instead of five.
+    pub fn connect_upstream_early(&mut self) {
+        let config = &self.shared.config;
+        let addr = config.upstream.primary.smtp_for(self.listener.kind);
+        let identity = ClientIdentity {
+            addr: Some(self.peer),
+            helo: None,
+            login: None,
+        };
+        let (connect, reply, name) = (
+            config.smtp.connect_timeout,
+            config.smtp.upstream_timeout,
+            config.smtp.hostname.clone(),
+        );
+        self.pending = Some(tokio::spawn(async move {
+            Upstream::connect(addr, connect, reply, &name, &identity).await
+        }));
     }
 
     /// The greeting that opens the session (and nothing after STARTTLS).
@@ -198,10 +229,8 @@ impl Session {
         extended: bool,
     ) {
         self.reset_transaction().await;
+        self.upstream_hello(&host).await;
         self.helo = Some(host);
-        if self.upstream.is_none() {
-            self.upstream = self.connect_upstream().await;
-        }
         if self.upstream.is_none() && self.listener.kind == ListenerKind::Submission {
             // Without the mail server nobody can check credentials: ask the client to
             // come back rather than offering a session that can only fail.
@@ -268,30 +297,33 @@ impl Session {
         self.tx = None;
     }
 
-    /// Opens the upstream session, passing the client's identity along.
-    async fn connect_upstream(&self) -> Option<Upstream> {
-        let config = &self.shared.config;
-        let addr = config.upstream.primary.smtp_for(self.listener.kind);
-        let identity = ClientIdentity {
-            addr: Some(self.peer),
-            helo: self.helo.clone(),
-            login: None,
-        };
-        match Upstream::connect(
-            addr,
-            config.smtp.connect_timeout,
-            config.smtp.upstream_timeout,
-            &config.smtp.hostname,
-            &identity,
-        )
-        .await
-        {
-            Ok(upstream) => Some(upstream),
-            Err(err) => {
-                metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
-                tracing::warn!(%err, "upstream unavailable");
-                None
+    /// Makes sure an upstream session exists and has heard the client's HELO name.
+    async fn upstream_hello(&mut self, host: &str) {
+        if self.upstream.is_none() {
+            if self.pending.is_none() {
+                self.connect_upstream_early();
             }
+            let connected = match self.pending.take() {
+                Some(pending) => pending
+                    .await
+                    .unwrap_or_else(|join| Err(UpstreamError::Task(join.to_string()))),
+                None => return,
+            };
+            match connected {
+                Ok(upstream) => self.upstream = Some(upstream),
+                Err(err) => {
+                    metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
+                    tracing::warn!(%err, "upstream unavailable");
+                    return;
+                }
+            }
+        }
+        if let Some(upstream) = self.upstream.as_mut()
+            && let Err(err) = upstream.hello(host).await
+        {
+            metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
+            tracing::warn!(%err, "upstream refused EHLO");
+            self.upstream = None;
         }
     }
 

@@ -167,15 +167,26 @@ impl Session {
                 body: body.clone(),
             }),
         };
-        let journal = &self.shared.journal;
-        let appended = match journal.append(record).await {
+        // The upstream receives DATA and the body while the journal commits; only the final
+        // dot waits for durability, so the upstream never has a complete message that the
+        // journal could still lose, and the fdatasync overlaps a round trip.
+        let journal = self.shared.journal.clone();
+        let upstream = self.upstream.as_mut().filter(|_| tx.via_upstream);
+        let (appended, started) = tokio::join!(journal.append(record), async {
+            match upstream {
+                Some(upstream) => Some(upstream.begin_body(&body).await),
+                None => None,
+            }
+        });
+        let appended = match appended {
             Ok(appended) => appended,
             Err(err) => {
                 tracing::error!(%err, "journal append failed; message refused");
                 metrics::counter!(m::MESSAGES_REFUSED, "reason" => "journal").increment(1);
-                if tx.via_upstream {
-                    self.tx = Some(tx);
-                    self.reset_transaction().await;
+                if matches!(started, Some(Ok(None))) {
+                    // The upstream holds a body without its final dot: closing the
+                    // connection makes it discard the message.
+                    self.upstream = None;
                 }
                 return match err {
                     JournalError::Full => reply::STORAGE_FULL,
@@ -188,8 +199,10 @@ impl Session {
         metrics::counter!(m::MESSAGE_BYTES).increment(size as u64);
         tracing::info!(seq, size, rcpts = tx.rcpts.len(), "message journaled");
 
-        let outcome = match (&mut self.upstream, tx.via_upstream) {
-            (Some(upstream), true) => Some(upstream.send_body(&body).await),
+        let outcome = match (started, self.upstream.as_mut()) {
+            (Some(Ok(None)), Some(upstream)) => Some(upstream.end_body().await),
+            (Some(Ok(Some(refusal))), _) => Some(Ok(refusal)),
+            (Some(Err(err)), _) => Some(Err(err)),
             _ => None,
         };
         match outcome {

@@ -38,6 +38,8 @@ pub enum UpstreamError {
     Closed { addr: SocketAddr },
     #[error("upstream {addr}: malformed reply")]
     Protocol { addr: SocketAddr },
+    #[error("upstream connection task failed: {0}")]
+    Task(String),
     #[error("upstream {addr}: refused the session: {reply}")]
     Refused { addr: SocketAddr, reply: Reply },
 }
@@ -65,7 +67,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Connects, reads the greeting, says EHLO and, when offered, XCLIENT with `client`.
+    /// Connects, reads the greeting, says EHLO as levee and, when offered, passes the
+    /// client's identity with XCLIENT. The session is then ready for [`Upstream::hello`]
+    /// with the client's own HELO name, so a client session can start this before the
+    /// client has said EHLO and pay one round trip at EHLO time instead of five.
     pub async fn connect(
         addr: SocketAddr,
         connect_timeout: Duration,
@@ -93,17 +98,28 @@ impl Upstream {
             xclient: false,
         };
         upstream.expect_greeting().await?;
-        upstream.say_ehlo(our_name).await?;
+        upstream.hello(our_name).await?;
         if upstream.xclient && client.addr.is_some() {
-            let line = xclient_line(client);
-            let reply = upstream.command(line.as_bytes()).await?;
-            if reply.code() == 220 {
-                let helo = client.helo.as_deref().unwrap_or(our_name).to_string();
-                upstream.say_ehlo(&helo).await?;
-            } else {
+            let reply = upstream.command(xclient_line(client).as_bytes()).await?;
+            if reply.code() != 220 {
                 tracing::warn!(upstream = %addr, reply = %reply, "XCLIENT refused");
             }
         }
+        Ok(upstream)
+    }
+
+    /// Connects and says EHLO as `helo` in one go (for callers with no client to wait for).
+    pub async fn open(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+        our_name: &str,
+        client: &ClientIdentity,
+    ) -> Result<Upstream, UpstreamError> {
+        let mut upstream =
+            Upstream::connect(addr, connect_timeout, reply_timeout, our_name, client).await?;
+        let helo = client.helo.as_deref().unwrap_or(our_name);
+        upstream.hello(helo).await?;
         Ok(upstream)
     }
 
@@ -127,7 +143,9 @@ impl Upstream {
         Ok(())
     }
 
-    async fn say_ehlo(&mut self, name: &str) -> Result<(), UpstreamError> {
+    /// Says EHLO as `name` and records the capabilities (this also begins a fresh SMTP
+    /// session after XCLIENT).
+    pub async fn hello(&mut self, name: &str) -> Result<(), UpstreamError> {
         self.write(format!("EHLO {name}\r\n").as_bytes()).await?;
         let raw = self.read_raw_reply().await?;
         match EhloResponse::parse(&mut raw.iter()) {
@@ -155,14 +173,29 @@ impl Upstream {
     /// DATA, the dot-stuffed body and the final dot; returns the final reply (or the
     /// refusal of DATA itself).
     pub async fn send_body(&mut self, body: &[u8]) -> Result<Reply, UpstreamError> {
+        if let Some(refusal) = self.begin_body(body).await? {
+            return Ok(refusal);
+        }
+        self.end_body().await
+    }
+
+    /// DATA and the dot-stuffed body, but not the final dot: the upstream holds an
+    /// incomplete message that it discards if the connection drops now. `Some(reply)` when
+    /// DATA itself was refused.
+    pub async fn begin_body(&mut self, body: &[u8]) -> Result<Option<Reply>, UpstreamError> {
         let go_ahead = self.command(b"DATA\r\n").await?;
         if go_ahead.code() != 354 {
-            return Ok(go_ahead);
+            return Ok(Some(go_ahead));
         }
         let mut wire = Vec::with_capacity(body.len() + body.len() / 64 + 8);
         dot_stuff(body, &mut wire);
         self.write(&wire).await?;
-        self.read_reply().await
+        Ok(None)
+    }
+
+    /// The final dot after [`Upstream::begin_body`]; returns the upstream's verdict.
+    pub async fn end_body(&mut self) -> Result<Reply, UpstreamError> {
+        self.command(b".\r\n").await
     }
 
     /// Ends the session politely; errors do not matter any more.
@@ -251,8 +284,8 @@ fn reply_code(raw: &[u8]) -> Option<u16> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// RFC 5321 4.5.2 transparency: a line starting with "." gets another; the body ends with
-/// CRLF "." CRLF (a CRLF is added when the body lacks one at its end).
+/// RFC 5321 4.5.2 transparency: a line starting with "." gets another, and the body ends
+/// with CRLF (added when it lacks one), ready for the final "." CRLF.
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     let mut at_line_start = true;
     for &byte in body {
@@ -265,7 +298,6 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 /// `XCLIENT ADDR=.. PORT=.. [HELO=..] [LOGIN=..]` with xtext-encoded values (RFC 3461).
@@ -308,10 +340,10 @@ mod tests {
     fn dot_stuffing_doubles_leading_dots_only() {
         let mut out = Vec::new();
         dot_stuff(b".a\r\nb.c\r\n..\r\n", &mut out);
-        assert_eq!(out, b"..a\r\nb.c\r\n...\r\n.\r\n");
+        assert_eq!(out, b"..a\r\nb.c\r\n...\r\n");
         out.clear();
         dot_stuff(b"no newline", &mut out);
-        assert_eq!(out, b"no newline\r\n.\r\n");
+        assert_eq!(out, b"no newline\r\n");
     }
 
     #[test]
