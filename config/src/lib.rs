@@ -1,20 +1,24 @@
 //! levee's configuration: one TOML file, checked completely before anything starts.
 //!
 //! # Layout
-//! - [`schema`]: the structs, their defaults, and what each key means.
+//! - [`schema`]: the structs of `levee run`'s file, their defaults, and what each key means.
+//! - [`replication`]: the primary's `[replication]` section and `levee replica`'s own file.
 //! - [`validate`]: the rules serde cannot express (ports in use twice, TLS needed by a listener).
 //! - [`locate`]: maps a key path such as `smtp.listen[1].tls` back to its line in the file, so
 //!   every error says where to look.
 //!
-//! Loading never half-succeeds: [`Config::from_toml`] returns the config or every problem found.
+//! Loading never half-succeeds: [`ConfigFile::from_toml`] returns the config or every problem
+//! found.
 
 pub mod locate;
+pub mod replication;
 pub mod schema;
 pub mod validate;
 
 use std::fmt;
 use std::path::Path;
 
+pub use replication::*;
 pub use schema::*;
 
 /// One thing wrong with a configuration file.
@@ -66,19 +70,23 @@ fn render(problems: &[Problem]) -> String {
     lines.join("\n")
 }
 
-impl Config {
+/// A configuration file type: deserialised by serde, then checked by its own rules.
+pub trait ConfigFile: serde::de::DeserializeOwned + Sized {
+    /// Every problem serde could not see; empty when the file is usable.
+    fn problems(&self) -> Vec<Problem>;
+
     /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text)
+        Self::from_toml(&text)
     }
 
     /// Parses and validates a configuration held in memory.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| {
+    fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|err| {
             let line = err.span().map(|span| locate::line_of(text, span.start));
             ConfigError::Invalid(vec![Problem {
                 key: String::new(),
@@ -86,7 +94,7 @@ impl Config {
                 message: err.message().trim().to_string(),
             }])
         })?;
-        let mut problems = validate::check(&config);
+        let mut problems = config.problems();
         if problems.is_empty() {
             return Ok(config);
         }
@@ -95,5 +103,17 @@ impl Config {
         }
         problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
         Err(ConfigError::Invalid(problems))
+    }
+}
+
+impl ConfigFile for Config {
+    fn problems(&self) -> Vec<Problem> {
+        validate::check(self)
+    }
+}
+
+impl ConfigFile for ReplicaConfig {
+    fn problems(&self) -> Vec<Problem> {
+        validate::check_replica(self)
     }
 }

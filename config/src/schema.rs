@@ -23,6 +23,9 @@ pub struct Config {
     pub tls: Option<Tls>,
     #[serde(default)]
     pub delivery: Delivery,
+    /// Streaming of the journal to a replica site; none when absent.
+    #[serde(default)]
+    pub replication: Option<crate::Replication>,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]

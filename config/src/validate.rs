@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use crate::{Config, Problem, TlsMode};
+use std::path::Path;
+
+use crate::{Config, Problem, ReplicaConfig, TlsMode};
 
 /// Every problem in `config`; empty when it is usable.
 pub fn check(config: &Config) -> Vec<Problem> {
@@ -111,11 +113,108 @@ pub fn check(config: &Config) -> Vec<Problem> {
             format!("{metrics} is also an SMTP listener"),
         );
     }
-    if !["error", "warn", "info", "debug", "trace"].contains(&config.log.level.as_str()) {
+    if let Some(replication) = &config.replication {
+        let r = replication;
+        for (key, path) in [
+            ("replication.ca", Some(&r.ca)),
+            ("replication.token_file", r.token_file.as_ref()),
+            ("replication.client_cert", r.client_cert.as_ref()),
+            ("replication.client_key", r.client_key.as_ref()),
+        ] {
+            file_exists(&mut push, key, path);
+        }
+        if r.token_file.is_none() && r.client_cert.is_none() {
+            push(
+                "replication".into(),
+                "needs token_file or client_cert/client_key to authenticate to the replica".into(),
+            );
+        }
+        if r.client_cert.is_some() != r.client_key.is_some() {
+            push(
+                "replication.client_key".into(),
+                "client_cert and client_key go together".into(),
+            );
+        }
+        if r.window == 0 || r.batch_bytes < 4096 {
+            push(
+                "replication.window".into(),
+                "window must be at least 1 and batch_bytes at least 4096".into(),
+            );
+        }
+        if r.sync_timeout.is_zero() || r.heartbeat.is_zero() {
+            push(
+                "replication.sync_timeout".into(),
+                "sync_timeout and heartbeat must be longer than zero".into(),
+            );
+        }
+    }
+    check_log(&mut push, &config.log.level);
+    problems
+}
+
+/// The rules of `levee replica`'s file.
+pub fn check_replica(config: &ReplicaConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut push = |key: String, message: String| {
+        problems.push(Problem {
+            key,
+            line: None,
+            message,
+        })
+    };
+    let r = &config.replica;
+    for (key, path) in [
+        ("replica.cert", Some(&r.cert)),
+        ("replica.key", Some(&r.key)),
+        ("replica.token_file", r.token_file.as_ref()),
+        ("replica.client_ca", r.client_ca.as_ref()),
+    ] {
+        file_exists(&mut push, key, path);
+    }
+    if r.token_file.is_none() && r.client_ca.is_none() {
+        push(
+            "replica".into(),
+            "needs token_file or client_ca: a replica never accepts an unauthenticated stream"
+                .into(),
+        );
+    }
+    let apply = &config.apply;
+    if apply.lmtp.is_none() == apply.smtp.is_none() {
+        push(
+            "apply".into(),
+            "set exactly one of lmtp or smtp (the standby mail server)".into(),
+        );
+    }
+    if apply.local_domains.is_empty() {
+        push(
+            "apply.local_domains".into(),
+            "list the domains delivered at the replica".into(),
+        );
+    }
+    check_log(&mut push, &config.log.level);
+    problems
+}
+
+fn file_exists(
+    push: &mut impl FnMut(String, String),
+    key: &str,
+    path: Option<&std::path::PathBuf>,
+) {
+    if let Some(path) = path
+        && !Path::new(path).is_file()
+    {
+        push(
+            key.into(),
+            format!("{} is not a readable file", path.display()),
+        );
+    }
+}
+
+fn check_log(push: &mut impl FnMut(String, String), level: &str) {
+    if !["error", "warn", "info", "debug", "trace"].contains(&level) {
         push(
             "log.level".into(),
             "must be one of error, warn, info, debug, trace".into(),
         );
     }
-    problems
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use levee_config::{Config, ConfigError, ListenerKind, TlsMode};
+use levee_config::{Config, ConfigError, ConfigFile, ListenerKind, TlsMode};
 
 const MINIMAL: &str = r#"
 [upstream.primary]

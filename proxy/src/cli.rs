@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use levee_config::Config;
+use levee_config::{Config, ConfigFile};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for an unusable configuration (EX_USAGE, as linkerd and others use).

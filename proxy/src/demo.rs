@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use levee_config::Config;
+use levee_config::{Config, ConfigFile};
 use levee_journal::{DeliveryStatus, Journal, JournalOptions};
 use tokio_util::sync::CancellationToken;
 

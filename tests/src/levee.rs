@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use levee_config::Config;
+use levee_config::{Config, ConfigFile};
 use levee_proxy::mailstack::{MailStack, free_port};
 use tokio_util::sync::CancellationToken;
 
