@@ -4,7 +4,8 @@
 //! chain re-checked without touching (or decompressing) large bodies, and so
 //! the body can be zstd-compressed when that actually pays.
 
-use std::io::Read;
+use std::cell::RefCell;
+use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,10 @@ pub(crate) const FORMAT_V1: u8 = 1;
 
 /// zstd level: 1 keeps compression well below disk latency on the append path.
 const ZSTD_LEVEL: i32 = 1;
+
+/// Bodies up to this size are decompressed in one call into a buffer
+/// allocated up front; larger ones stream into a growing buffer.
+const BULK_DECOMPRESS_MAX: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum BodyEncoding {
@@ -85,19 +90,53 @@ pub(crate) fn prepare(rec: NewRecord, compress_min_bytes: usize) -> Prepared {
 
 /// Compresses only when the body is big enough and zstd saves at least 10%:
 /// otherwise reads would pay decompression for nothing.
+///
+/// The output buffer is sized to exactly that 10% budget, so zstd gives up
+/// (with "destination too small") as soon as the result could not be used.
 fn choose_encoding(raw: Vec<u8>, compress_min_bytes: usize) -> (BodyEncoding, Vec<u8>) {
     if raw.is_empty() || raw.len() < compress_min_bytes {
         return (BodyEncoding::Raw, raw);
     }
-    match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
-        Ok(z) if z.len() <= raw.len() / 10 * 9 => (BodyEncoding::Zstd, z),
-        Ok(_) => (BodyEncoding::Raw, raw),
-        Err(e) => {
-            // Compression is an optimisation; storing raw is always correct.
-            tracing::warn!(error = %e, "zstd compression failed, storing body raw");
-            (BodyEncoding::Raw, raw)
-        }
+    let mut z = Vec::with_capacity(raw.len() / 10 * 9);
+    match with_compressor(|c| c.compress_to_buffer(&raw, &mut z)) {
+        Ok(_) => (BodyEncoding::Zstd, z),
+        // Did not fit the budget (or zstd failed, which an optimisation may
+        // do): storing raw is always correct.
+        Err(_) => (BodyEncoding::Raw, raw),
     }
+}
+
+thread_local! {
+    // Creating a zstd context costs about as much as compressing a 4 KiB
+    // body, so each thread keeps one of each for its lifetime.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn with_compressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> io::Result<T>,
+) -> io::Result<T> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        let c = match slot {
+            Some(c) => c,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        f(c)
+    })
+}
+
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> io::Result<T>,
+) -> io::Result<T> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let d = match slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        f(d)
+    })
 }
 
 impl Prepared {
@@ -194,9 +233,20 @@ impl Stored {
     }
 
     fn decompress(&self) -> Result<Vec<u8>, JournalError> {
-        let corrupt = |e: std::io::Error| {
+        let corrupt = |e: io::Error| {
             JournalError::corrupt(self.seq, format!("body decompression failed: {e}"))
         };
+        // Fast path with the thread's reusable context, taken only when the
+        // zstd frame and our header agree on the length: the output buffer is
+        // allocated up front, so a corrupted length alone must not size it.
+        // zstd fails rather than write past that buffer.
+        let framed = zstd::zstd_safe::get_frame_content_size(&self.body);
+        if matches!(framed, Ok(Some(n)) if n == self.body_len && n <= BULK_DECOMPRESS_MAX) {
+            let mut out = Vec::with_capacity(self.body_len as usize);
+            with_decompressor(|d| d.decompress_to_buffer(self.body.as_slice(), &mut out))
+                .map_err(corrupt)?;
+            return Ok(out);
+        }
         // Read at most one byte past the declared length: a corrupted length
         // or a zstd bomb must not make us allocate without bound.
         let limit = self.body_len.saturating_add(1);
@@ -258,97 +308,4 @@ pub(crate) fn key_seq(key: &[u8]) -> Option<Seq> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{AuditRecord, MessageRecord};
-
-    fn message(body: Vec<u8>) -> NewRecord {
-        NewRecord {
-            time_ms: 1_700_000_000_000,
-            kind: RecordKind::Message(MessageRecord {
-                mail_from: "a@example.org".into(),
-                rcpt_to: vec!["b@example.org".into(), "c@example.org".into()],
-                message_id: Some("<x@y>".into()),
-                body,
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn roundtrip(rec: NewRecord, min: usize) -> (BodyEncoding, usize, Record) {
-        let p = prepare(rec, min);
-        let (encoding, stored_len) = (p.encoding, p.body.len());
-        let (chain, value) = p.seal(7, [3; 32]).unwrap();
-        let stored = decode(7, &value).unwrap();
-        assert_eq!(stored.chain, chain);
-        assert_eq!(stored.expected_chain(&[3; 32]), chain);
-        (encoding, stored_len, stored.into_record().unwrap())
-    }
-
-    #[test]
-    fn roundtrip_keeps_every_field() {
-        let rec = message(b"Subject: hi\r\n\r\nhello\r\n".to_vec());
-        let (enc, _, back) = roundtrip(rec.clone(), 512);
-        assert_eq!(enc, BodyEncoding::Raw);
-        assert_eq!(back.kind, rec.kind);
-        assert_eq!(back.time_ms, rec.time_ms);
-        assert_eq!(back.seq, 7);
-        assert_eq!(back.prev_chain, [3; 32]);
-        assert_eq!(back.body_sha256, sha256(rec.kind.body()));
-
-        let audit = NewRecord {
-            time_ms: 1,
-            kind: RecordKind::Audit(AuditRecord {
-                actor: "officer".into(),
-                action: "search".into(),
-                detail: "q=foo".into(),
-            }),
-        };
-        let (_, _, back) = roundtrip(audit.clone(), 512);
-        assert_eq!(back.kind, audit.kind);
-        assert_eq!(back.body_sha256, sha256(b""));
-    }
-
-    #[test]
-    fn compresses_only_big_compressible_bodies() {
-        let text = b"To: someone\r\n".repeat(200);
-        let (enc, stored_len, back) = roundtrip(message(text.clone()), 512);
-        assert_eq!(enc, BodyEncoding::Zstd);
-        assert!(stored_len < text.len() / 2);
-        assert_eq!(back.kind.body(), text.as_slice());
-
-        // Same body but below the threshold stays raw.
-        let (enc, _, _) = roundtrip(message(text.clone()), text.len() + 1);
-        assert_eq!(enc, BodyEncoding::Raw);
-
-        // Random bytes do not shrink by 10%: stored raw.
-        let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
-        let (enc, stored_len, back) = roundtrip(message(noise.clone()), 512);
-        assert_eq!(enc, BodyEncoding::Raw);
-        assert_eq!(stored_len, noise.len());
-        assert_eq!(back.kind.body(), noise.as_slice());
-    }
-
-    #[test]
-    fn unknown_version_and_trailing_bytes_are_corrupt() {
-        let (_, mut value) = prepare(message(b"x".to_vec()), 512)
-            .seal(1, [0; 32])
-            .unwrap();
-        let mut bad = value.clone();
-        bad[0] = 9;
-        let err = decode(1, &bad).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown record format version 9"),
-            "{err}"
-        );
-        value.push(0);
-        assert!(matches!(
-            decode(1, &value),
-            Err(JournalError::Corrupt { seq: 1, .. })
-        ));
-        assert!(matches!(
-            decode(4, &[]),
-            Err(JournalError::Corrupt { seq: 4, .. })
-        ));
-    }
-}
+mod tests;

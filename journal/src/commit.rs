@@ -1,72 +1,148 @@
-//! Appending with group commit.
+//! Appending: one writer thread, group commit.
 //!
-//! An append runs in two phases. **Insert** (blocking, under the `tail`
-//! mutex): take the next seq, link the chain, write record + index entries +
-//! state + `indexed_through`. Holding one mutex for this keeps seqs gap-free
-//! and sled's log in seq order. **Commit**: the appender waits until the
-//! durable seq covers its own. Whoever takes `flush_lock` first becomes
-//! leader and performs one sled `flush()` + fsync of the blob files + one
-//! `fdatasync` of `dir/db`, covering every record inserted so far; everyone
-//! it covered finds the watermark already past their seq and returns without
-//! flushing. N concurrent appends thus cost far fewer than N syncs.
+//! [`Journal::append`] hashes and (maybe) compresses the body on the calling
+//! task — on the blocking pool for bodies over [`INLINE_PREPARE_MAX`] — then
+//! hands the prepared record to the journal's single writer thread over a
+//! channel together with a oneshot reply, and awaits the reply.
 //!
-//! Why fdatasync: sled's `flush()` only issues `sync_file_range`, which
-//! neither flushes the drive's cache nor the metadata needed to read newly
-//! allocated blocks. Values that make a sled page larger than
-//! `segment_size / 4` (128 KiB by default) are written by sled to separate
-//! files under `dir/blobs/` with no sync at all, so the leader also fsyncs
-//! every blob file it has not synced before, and the `blobs` directory.
+//! The writer thread (`levee-journal`) owns the end of the chain. It blocks
+//! for the first queued job, takes everything else already queued (up to
+//! [`MAX_BATCH`]) and commits that batch as one group:
 //!
-//! **Failures never leave a seq gap.** A failed insert removes whatever it
-//! wrote for its seq and does not advance the tail, so the next append reuses
-//! the seq. A failed flush rolls back every record inserted after the
-//! durable head (none of them was acknowledged), bumps `epoch` so their
-//! waiters fail too, and rewinds the tail to the durable head. If the
+//! 1. **Seal**: in queue order, give each record the next seq and link it
+//!    into the chain. Only this thread allocates seqs, so they are gap-free
+//!    and sled's log receives records in seq order.
+//! 2. **Write**: every record of the batch, then their index entries and
+//!    Pending delivery states, then `meta/indexed_through` = last seq of the
+//!    batch (once per batch; recovery re-indexes anything past it).
+//! 3. **Sync**: one sled `flush()` + fsync of new blob files + `fdatasync`
+//!    of `dir/db` (see `sync.rs`), whether the batch holds one record or a
+//!    thousand. [`Journal::flush`] is a job too, so it syncs everything
+//!    written before it, delivery-state updates included.
+//! 4. **Publish**: raise the durable head (what `head`, `watch_head`, reads
+//!    and index lookups go by), then answer every waiter of the batch.
+//!
+//! While one batch syncs, new appends queue up and form the next batch: the
+//! slower the disk, the bigger the groups. No thread ever waits for another
+//! in between; an append costs one channel send, one wake-up of the writer
+//! (when idle) and one wake-up of the appending task.
+//!
+//! An appender that is cancelled after submitting does not cancel its
+//! record: it is committed with its batch, just not acknowledged.
+//!
+//! **Failures never leave a seq gap.** A record that cannot be encoded is
+//! refused on its own without taking a seq. If writing or syncing a batch
+//! fails, the whole batch — exactly the records after the durable head, none
+//! of them acknowledged — is rolled back (`indexed_through` first, then the
+//! records' derived entries and the records, newest first), the chain end is
+//! rewound to the durable head, every waiter of the batch gets the error
+//! (`Full` for ENOSPC/EDQUOT) and the next append reuses the seqs. If the
 //! rollback itself fails (sled latches its first io error, e.g. ENOSPC, and
-//! refuses all later writes) the journal is poisoned: every later append
-//! fails with the same error until it is reopened, and reopening recovers a
-//! gap-free prefix. Records inserted but not acknowledged may survive such a
-//! crash or reopen; the client was refused, so at worst it sends a duplicate.
+//! refuses all later writes) the journal is poisoned: every later append and
+//! flush fails with the same error until it is reopened, and reopening
+//! recovers a gap-free prefix. Records written but not acknowledged may
+//! survive such a crash or reopen; the client was refused, so at worst it
+//! sends a duplicate.
 
-use std::fs::File;
-use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, atomic::Ordering};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::codec::{self, seq_key};
+use tokio::sync::oneshot;
+
+use crate::codec::{self, Prepared, seq_key};
 use crate::error::JournalError;
-use crate::index;
+use crate::index::{self, Index};
 use crate::metrics as m;
 use crate::record::{Appended, NewRecord, RecordKind, Seq};
 use crate::recovery::write_indexed_through;
 use crate::state::DeliveryState;
 use crate::store::{Inner, Journal};
 
-/// The append side's view of the end of the chain.
-#[derive(Debug)]
-pub(crate) struct Tail {
-    /// Last inserted (not necessarily durable) seq.
-    last_seq: Seq,
-    last_chain: [u8; 32],
-    /// Chain of the durable head, to rewind to after a failed flush.
-    durable_chain: [u8; 32],
-    /// Bumped by every rolled-back group commit.
-    epoch: u64,
-    /// Why the last group commit failed, for the waiters it rolled back.
-    last_failure: Option<JournalError>,
-    /// Set when a failure could not be cleaned up; the journal is unusable.
-    poisoned: Option<JournalError>,
+/// Bodies up to this size are prepared (SHA-256, zstd) on the calling task:
+/// that takes tens of microseconds, less than a hop to the blocking pool.
+pub(crate) const INLINE_PREPARE_MAX: usize = 16 * 1024;
+
+/// Most jobs one group commit takes; bounds the latency a batch adds for the
+/// waiters queued behind it.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
+
+/// Work for the writer thread.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "appends are the common case; boxing would cost each one an allocation"
+)]
+enum Job {
+    Append {
+        rec: Prepared,
+        reply: Reply<Appended>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
 }
 
-impl Tail {
-    pub(crate) fn new(head: Seq, chain: [u8; 32]) -> Tail {
-        Tail {
+impl Job {
+    fn fail(self, e: JournalError) {
+        // A waiter that went away (cancelled append) needs no answer.
+        match self {
+            Job::Append { reply, .. } => drop(reply.send(Err(e))),
+            Job::Flush { reply } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// Handle on the writer thread; the thread is joined when the last
+/// `Journal` clone (which shares this handle) is dropped.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread; `head`/`chain` are the recovered, durable tip.
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        head: Seq,
+        chain: [u8; 32],
+    ) -> Result<Writer, JournalError> {
+        let (tx, rx) = mpsc::channel();
+        let state = WriterState {
+            inner,
             last_seq: head,
             last_chain: chain,
-            durable_chain: chain,
-            epoch: 0,
-            last_failure: None,
             poisoned: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("levee-journal".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| JournalError::io("starting the journal writer thread", e))?;
+        Ok(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), JournalError> {
+        let tx = self.tx.as_ref().ok_or(JournalError::Closed)?;
+        tx.send(job).map_err(|_| JournalError::Closed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread finish what is queued and exit,
+        // releasing its handle on sled: once the last `Journal` is dropped the
+        // directory can be reopened at once.
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("journal writer thread panicked");
         }
     }
 }
@@ -76,256 +152,241 @@ impl Journal {
     /// Message records start with `DeliveryState` Pending.
     pub async fn append(&self, rec: NewRecord) -> Result<Appended, JournalError> {
         let started = Instant::now();
-        let body_len = rec.kind.body().len() as u64;
-        let inner = self.inner.clone();
-        // spawn_blocking is not cancelled when the caller drops this future,
-        // so an insert is never left half done.
-        let (appended, epoch) = tokio::task::spawn_blocking(move || inner.insert(rec))
-            .await
-            .map_err(|_| JournalError::Closed)??;
-        self.wait_durable(appended.seq, epoch).await?;
+        let body_len = rec.kind.body().len();
+        let min = self.inner.opts.compress_min_bytes;
+        let rec = if body_len <= INLINE_PREPARE_MAX {
+            codec::prepare(rec, min)
+        } else {
+            tokio::task::spawn_blocking(move || codec::prepare(rec, min))
+                .await
+                .map_err(|_| JournalError::Closed)?
+        };
+        let (reply, answer) = oneshot::channel();
+        self.writer.submit(Job::Append { rec, reply })?;
+        let appended = answer.await.map_err(|_| JournalError::Closed)??;
         metrics::histogram!(m::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::APPENDS_TOTAL).increment(1);
-        metrics::counter!(m::BYTES_TOTAL).increment(body_len);
+        metrics::counter!(m::BYTES_TOTAL).increment(body_len as u64);
         Ok(appended)
     }
 
     /// Makes everything written so far durable, delivery-state updates included.
     pub async fn flush(&self) -> Result<(), JournalError> {
-        let guard = self.inner.flush_lock.clone().lock_owned().await;
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _leader = guard;
-            inner.commit()
-        })
-        .await
-        .map_err(|_| JournalError::Closed)?
-    }
-
-    async fn wait_durable(&self, seq: Seq, epoch: u64) -> Result<(), JournalError> {
-        loop {
-            if self.inner.settled(seq, epoch)? {
-                return Ok(());
-            }
-            let guard = self.inner.flush_lock.clone().lock_owned().await;
-            if self.inner.settled(seq, epoch)? {
-                return Ok(());
-            }
-            let inner = self.inner.clone();
-            // The guard travels into the blocking task so a cancelled caller
-            // cannot let a second leader start while this flush still runs.
-            tokio::task::spawn_blocking(move || {
-                let _leader = guard;
-                inner.commit()
-            })
-            .await
-            .map_err(|_| JournalError::Closed)??;
-        }
+        let (reply, answer) = oneshot::channel();
+        self.writer.submit(Job::Flush { reply })?;
+        answer.await.map_err(|_| JournalError::Closed)?
     }
 }
 
-impl Inner {
-    fn lock_tail(&self) -> Result<std::sync::MutexGuard<'_, Tail>, JournalError> {
-        self.tail.lock().map_err(|_| JournalError::Closed)
-    }
+/// A record of the current batch, sealed at its seq.
+struct Sealed {
+    seq: Seq,
+    time_ms: u64,
+    is_message: bool,
+    value: Vec<u8>,
+    entries: Vec<(Index, Vec<u8>)>,
+}
 
-    /// Whether the record inserted as `seq` in `epoch` is durable; an error
-    /// if a failed group commit rolled it back.
-    ///
-    /// The epoch must be checked under the tail lock *before* the watermark:
-    /// after a rollback the seq is reused, and a later durable head covering
-    /// it says nothing about the rolled-back record.
-    fn settled(&self, seq: Seq, epoch: u64) -> Result<bool, JournalError> {
-        let tail = self.lock_tail()?;
-        if tail.epoch != epoch {
-            return Err(tail
-                .last_failure
-                .as_ref()
-                .map_or(JournalError::Closed, JournalError::replay));
+/// One group commit in the making.
+struct Batch {
+    /// The durable tip the batch links on to, and rolls back to.
+    durable: Seq,
+    durable_chain: [u8; 32],
+    records: Vec<Sealed>,
+    acks: Vec<(Appended, Reply<Appended>)>,
+    flushes: Vec<Reply<()>>,
+}
+
+/// What only the writer thread touches: the end of the chain.
+struct WriterState {
+    inner: Arc<Inner>,
+    /// Last sealed seq; equal to the durable head between batches.
+    last_seq: Seq,
+    last_chain: [u8; 32],
+    /// Set when a failure could not be cleaned up; the journal is unusable.
+    poisoned: Option<JournalError>,
+}
+
+impl WriterState {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::new();
+        while let Ok(first) = rx.recv() {
+            jobs.push(first);
+            self.group_commit(&mut jobs, &rx);
         }
-        Ok(*self.durable.borrow() >= seq)
     }
 
-    /// Insert phase; returns the epoch the record was inserted in.
-    fn insert(&self, rec: NewRecord) -> Result<(Appended, u64), JournalError> {
-        let prepared = codec::prepare(rec, self.opts.compress_min_bytes);
-        let header = &prepared.header;
-        let mut tail = self.lock_tail()?;
-        if let Some(e) = &tail.poisoned {
-            return Err(e.replay());
+    /// Commits `jobs` plus whatever else is queued, as one group.
+    fn group_commit(&mut self, jobs: &mut Vec<Job>, rx: &mpsc::Receiver<Job>) {
+        if let Some(e) = &self.poisoned {
+            jobs.drain(..).for_each(|job| job.fail(e.replay()));
+            return;
         }
-        let seq = tail.last_seq + 1;
-        let (chain, value) = prepared.seal(seq, tail.last_chain)?;
-        let entries = index::entries(seq, prepared.time_ms, header);
-        let written = (|| {
-            self.trees.records.insert(seq_key(seq), value)?;
-            self.trees.insert_index(&entries)?;
-            if matches!(header, RecordKind::Message(_)) {
-                // Unconditional: a seq reused after a rollback starts afresh.
-                self.trees
-                    .write_state(seq, &DeliveryState::pending(prepared.time_ms))?;
-            }
-            write_indexed_through(&self.trees, seq)
-        })();
-        if let Err(e) = written {
-            if let Err(undo) = self.remove_record(seq, &entries) {
-                tracing::error!(seq, error = %undo, "could not undo failed insert; journal poisoned");
-                tail.poisoned = Some(e.replay());
-            }
-            return Err(e);
-        }
-        tail.last_seq = seq;
-        tail.last_chain = chain;
-        Ok((
-            Appended {
-                seq,
-                chain,
-                body_sha256: prepared.body_sha256,
-            },
-            tail.epoch,
-        ))
-    }
-
-    /// Removes one record and everything derived from it, derived data first
-    /// so a crash in between leaves a record that recovery re-indexes.
-    fn remove_record(
-        &self,
-        seq: Seq,
-        entries: &[(index::Index, Vec<u8>)],
-    ) -> Result<(), JournalError> {
-        write_indexed_through(&self.trees, seq - 1)?;
-        self.trees.remove_index(entries)?;
-        self.trees.remove_state(seq)?;
-        self.trees.records.remove(seq_key(seq))?;
-        Ok(())
-    }
-
-    /// One group commit (the caller holds `flush_lock`).
-    pub(crate) fn commit(&self) -> Result<(), JournalError> {
-        let (target, chain) = {
-            let tail = self.lock_tail()?;
-            if let Some(e) = &tail.poisoned {
-                return Err(e.replay());
-            }
-            (tail.last_seq, tail.last_chain)
+        let mut batch = Batch {
+            durable: self.last_seq,
+            durable_chain: self.last_chain,
+            records: Vec::new(),
+            acks: Vec::new(),
+            flushes: Vec::new(),
         };
-        let before = *self.durable.borrow();
         let started = Instant::now();
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::FLUSHES_TOTAL).increment(1);
-        match self.sync_storage() {
+        let mut written = 0;
+        let outcome = loop {
+            while batch.records.len() + jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            for job in jobs.drain(..) {
+                self.stage(job, &mut batch);
+            }
+            if let Err(e) = self.write(&batch.records[written..]) {
+                break Err(e);
+            }
+            written = batch.records.len();
+            // Appends that arrived while this round was written join the
+            // group: writing them costs far less than the sync they would
+            // otherwise wait for and then need on their own.
+            if written >= MAX_BATCH {
+                break Ok(());
+            }
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break Ok(()),
+            }
+        };
+        if batch.records.is_empty() && batch.flushes.is_empty() {
+            return;
+        }
+        let outcome = outcome
+            .and_then(|()| match batch.records.last() {
+                Some(last) => write_indexed_through(&self.inner.trees, last.seq),
+                None => Ok(()),
+            })
+            .and_then(|()| {
+                self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::FLUSHES_TOTAL).increment(1);
+                self.inner.sync_storage()
+            });
+        match outcome {
             Ok(()) => {
-                self.durable.send_if_modified(|d| {
-                    let advance = target > *d;
+                let head = self.last_seq;
+                self.inner.durable.send_if_modified(|d| {
+                    let advance = head > *d;
                     if advance {
-                        *d = target;
+                        *d = head;
                     }
                     advance
                 });
-                self.lock_tail()?.durable_chain = chain;
-                metrics::gauge!(m::HEAD).set(target as f64);
+                metrics::gauge!(m::HEAD).set(head as f64);
                 tracing::debug!(
-                    batch = target.saturating_sub(before),
-                    head = target,
+                    batch = batch.records.len(),
+                    head,
                     micros = started.elapsed().as_micros() as u64,
                     "journal group commit"
                 );
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, head = before, "journal flush failed; rolling back");
-                self.roll_back(before, &e)?;
-                Err(e)
-            }
-        }
-    }
-
-    /// Undoes every record after `durable` and fails their waiters. A
-    /// failure to undo poisons the journal instead of being returned: the
-    /// caller reports the flush error that started this.
-    fn roll_back(&self, durable: Seq, cause: &JournalError) -> Result<(), JournalError> {
-        let mut tail = self.lock_tail()?;
-        let mut clean = true;
-        for seq in (durable + 1..=tail.last_seq).rev() {
-            if let Err(e) = self.undo(seq) {
-                tracing::error!(seq, error = %e, "rollback failed; journal poisoned");
-                tail.poisoned = Some(cause.replay());
-                clean = false;
-                break;
-            }
-        }
-        if clean {
-            tail.last_seq = durable;
-            tail.last_chain = tail.durable_chain;
-        }
-        tail.epoch += 1;
-        tail.last_failure = Some(cause.replay());
-        Ok(())
-    }
-
-    fn undo(&self, seq: Seq) -> Result<(), JournalError> {
-        let entries = match self.trees.records.get(seq_key(seq))? {
-            Some(v) => {
-                let s = codec::decode(seq, &v)?;
-                index::entries(seq, s.time_ms, &s.header)
-            }
-            None => Vec::new(),
-        };
-        self.remove_record(seq, &entries)
-    }
-
-    /// sled flush, then fsync of new blob files, then fdatasync of the log.
-    pub(crate) fn sync_storage(&self) -> Result<(), JournalError> {
-        if self
-            .inject_sync_failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(JournalError::Full);
-        }
-        self.db.flush()?;
-        self.sync_new_blobs()?;
-        self.db_file
-            .sync_data()
-            .map_err(|e| JournalError::io("fdatasync of the sled data file", e))
-    }
-
-    /// fsyncs blob files written since the last call, and their directory.
-    fn sync_new_blobs(&self) -> Result<(), JournalError> {
-        let blobs = self.dir.join("blobs");
-        let mut synced = self.synced_blobs.lock().map_err(|_| JournalError::Closed)?;
-        let listing = std::fs::read_dir(&blobs)
-            .map_err(|e| JournalError::io(format!("listing {}", blobs.display()), e))?;
-        let mut present = std::collections::HashSet::new();
-        let mut new = 0usize;
-        for entry in listing {
-            let entry = entry.map_err(|e| JournalError::io("listing sled blobs", e))?;
-            let name = entry.file_name();
-            if !synced.contains(&name) {
-                match File::open(entry.path()).and_then(|f| f.sync_data()) {
-                    Ok(()) => new += 1,
-                    // sled garbage-collected it meanwhile: nothing to make durable.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(JournalError::io(
-                            format!("fsync of blob {}", entry.path().display()),
-                            e,
-                        ));
-                    }
+                for (appended, reply) in batch.acks {
+                    drop(reply.send(Ok(appended)));
+                }
+                for reply in batch.flushes {
+                    drop(reply.send(Ok(())));
                 }
             }
-            present.insert(name);
+            Err(e) => {
+                tracing::error!(error = %e, head = batch.durable, batch = batch.records.len(),
+                    "journal group commit failed; rolling back");
+                self.roll_back(&batch, &e);
+                for (_, reply) in batch.acks {
+                    drop(reply.send(Err(e.replay())));
+                }
+                for reply in batch.flushes {
+                    drop(reply.send(Err(e.replay())));
+                }
+            }
         }
-        *synced = present;
-        if new > 0 {
-            self.sync_dir(&blobs)?;
+    }
+
+    /// Seals an append into the batch, or queues a flush waiter.
+    fn stage(&mut self, job: Job, batch: &mut Batch) {
+        match job {
+            Job::Flush { reply } => batch.flushes.push(reply),
+            Job::Append { rec, reply } => match self.seal(rec) {
+                Ok((sealed, appended)) => {
+                    batch.records.push(sealed);
+                    batch.acks.push((appended, reply));
+                }
+                // Refused alone, without taking a seq.
+                Err(e) => drop(reply.send(Err(e))),
+            },
+        }
+    }
+
+    /// Links one record in at the next seq.
+    fn seal(&mut self, rec: Prepared) -> Result<(Sealed, Appended), JournalError> {
+        let seq = self.last_seq + 1;
+        let (chain, value) = rec.seal(seq, self.last_chain)?;
+        self.last_seq = seq;
+        self.last_chain = chain;
+        let sealed = Sealed {
+            seq,
+            time_ms: rec.time_ms,
+            is_message: matches!(rec.header, RecordKind::Message(_)),
+            value,
+            entries: index::entries(seq, rec.time_ms, &rec.header),
+        };
+        let appended = Appended {
+            seq,
+            chain,
+            body_sha256: rec.body_sha256,
+        };
+        Ok((sealed, appended))
+    }
+
+    /// Records first, then what is derived from them (the caller writes the
+    /// watermark last), so a crash anywhere leaves records that recovery
+    /// re-indexes.
+    fn write(&self, records: &[Sealed]) -> Result<(), JournalError> {
+        let trees = &self.inner.trees;
+        for r in records {
+            trees.records.insert(seq_key(r.seq), r.value.as_slice())?;
+        }
+        for r in records {
+            trees.insert_index(&r.entries)?;
+            if r.is_message {
+                // Unconditional: a seq reused after a rollback starts afresh.
+                trees.write_state(r.seq, &DeliveryState::pending(r.time_ms))?;
+            }
         }
         Ok(())
     }
 
-    pub(crate) fn sync_dir(&self, dir: &Path) -> Result<(), JournalError> {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| JournalError::io(format!("fsync of directory {}", dir.display()), e))
+    /// Undoes the batch `records` (everything after `durable`) and rewinds
+    /// the chain end. A failure to undo poisons the journal instead: the
+    /// waiters get the error that started this.
+    fn roll_back(&mut self, batch: &Batch, cause: &JournalError) {
+        let (durable, records) = (batch.durable, &batch.records);
+        let trees = &self.inner.trees;
+        let undone = (|| {
+            // Watermark first: a crash mid-rollback leaves a gap-free prefix
+            // of records past it, which recovery re-indexes.
+            write_indexed_through(trees, durable)?;
+            for r in records.iter().rev() {
+                trees.remove_index(&r.entries)?;
+                trees.remove_state(r.seq)?;
+                trees.records.remove(seq_key(r.seq))?;
+            }
+            Ok::<_, JournalError>(())
+        })();
+        match undone {
+            Ok(()) => {
+                self.last_seq = durable;
+                self.last_chain = batch.durable_chain;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal rollback failed; journal poisoned");
+                self.poisoned = Some(cause.replay());
+            }
+        }
     }
 }

@@ -58,11 +58,30 @@
 //! # Durability
 //!
 //! [`Journal::append`] returns only after sled's `flush()`, an fsync of any
-//! new sled blob files and an `fdatasync` of `dir/db`; concurrent appends
-//! share one such group commit (see `commit.rs`). [`Journal::head`],
+//! new sled blob files and an `fdatasync` of `dir/db`. All writes go through
+//! one writer thread per journal, which takes every append queued (up to
+//! 1024) as one group: it gives them consecutive seqs, writes records,
+//! indexes and states, sets `meta/indexed_through` once, performs that one
+//! flush + fdatasync for the whole group, publishes the new durable head and
+//! only then answers the group's appenders (see `commit.rs`). Appends that
+//! arrive while a group is being synced form the next group, so the number
+//! of syncs adapts to the disk's speed. [`Journal::head`],
 //! [`Journal::watch_head`], reads and index lookups only ever show durable
-//! records. Delivery-state updates become durable with the next group commit
-//! or [`Journal::flush`].
+//! records. Delivery-state updates are applied at once and become durable
+//! with the next group commit or [`Journal::flush`].
+//!
+//! A group whose write or sync fails is rolled back as a whole and all its
+//! appenders get the error ([`JournalError::Full`] when the disk is full):
+//! seqs stay gap-free, and the next append reuses them. Dropping the last
+//! `Journal` clone lets the writer finish queued work and joins it, after
+//! which the directory can be reopened.
+//!
+//! # Memory
+//!
+//! sled's page cache is capped at [`JournalOptions::cache_bytes`] (64 MiB by
+//! default), which bounds the journal's memory regardless of its size. Each
+//! thread that appends or reads keeps one zstd compression and one
+//! decompression context for reuse.
 
 mod codec;
 mod commit;
@@ -73,6 +92,7 @@ mod record;
 mod recovery;
 mod state;
 mod store;
+mod sync;
 mod verify;
 
 pub use error::JournalError;

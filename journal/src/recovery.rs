@@ -1,8 +1,9 @@
 //! Bringing the journal back to a consistent state on open.
 //!
-//! Appends write the record first, then its index entries and delivery
-//! state, then `meta/indexed_through`. A crash can cut that sequence
-//! anywhere, so open re-applies the derived writes for every record past
+//! A group commit writes its records first, then their index entries and
+//! delivery states, then `meta/indexed_through` (once for the group; a
+//! rollback lowers it before removing anything). A crash can cut that
+//! sequence anywhere, so open re-applies the derived writes for every record past
 //! `indexed_through` (they are idempotent) and checks that this tail is
 //! gap-free and correctly chained before anything new is linked to it.
 

@@ -1,7 +1,8 @@
 //! The `Journal` handle: opening the sled database, and reading records back.
 //!
-//! Appending lives in `commit.rs`; this file owns the shared state both
-//! sides use and the read paths, which only ever expose durable records.
+//! Appending lives in `commit.rs` (the writer thread) and `sync.rs`; this
+//! file owns the state shared with the writer thread and the read paths,
+//! which only ever expose durable records.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -13,22 +14,33 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::codec::{decode, seq_key};
-use crate::commit::Tail;
+use crate::commit::Writer;
 use crate::error::JournalError;
 use crate::record::{Record, Seq};
 use crate::recovery;
 
-/// Tuning knobs.
+/// Tuning knobs. Build them from [`JournalOptions::default()`] (fields may
+/// be added).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalOptions {
     /// Bodies at least this large are zstd-compressed when that saves >= 10%.
+    /// Default 512.
     pub compress_min_bytes: usize,
+    /// Size of sled's page cache in bytes (sled's `cache_capacity`): the
+    /// bulk of the journal's memory, which otherwise grows with the journal
+    /// up to sled's own default of 1 GiB. sled's accounting is approximate
+    /// and some per-page bookkeeping lives outside it, so the process uses
+    /// somewhat more. Appends mostly touch recent pages; reads of older
+    /// records, index lookups and inserts into large indexes slow down when
+    /// the cache is smaller than their working set. Default 64 MiB.
+    pub cache_bytes: u64,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             compress_min_bytes: 512,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -70,13 +82,11 @@ pub(crate) struct Inner {
     /// sled's log file `dir/db`, opened separately so we can fdatasync it.
     pub db_file: File,
     pub opts: JournalOptions,
-    pub tail: Mutex<Tail>,
-    /// Held by the one task performing a group-commit flush.
-    pub flush_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Highest durable seq; the receivers are handed out by `watch_head`.
+    /// Highest durable seq, published by the writer thread after each group
+    /// commit; the receivers are handed out by `watch_head`.
     pub durable: watch::Sender<Seq>,
     pub flushes: AtomicU64,
-    /// Blob files already fsynced (see `commit.rs`).
+    /// Blob files already fsynced (see `sync.rs`).
     pub synced_blobs: Mutex<HashSet<OsString>>,
     pub state_lock: Mutex<()>,
     /// Test hook: this many upcoming syncs fail with `Full`.
@@ -87,6 +97,8 @@ pub(crate) struct Inner {
 #[derive(Debug, Clone)]
 pub struct Journal {
     pub(crate) inner: Arc<Inner>,
+    /// The writer thread, joined when the last clone is dropped.
+    pub(crate) writer: Arc<Writer>,
 }
 
 impl Journal {
@@ -97,7 +109,10 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| {
             JournalError::io(format!("creating journal directory {}", dir.display()), e)
         })?;
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_bytes)
+            .open()?;
         let trees = Trees::open(&db)?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path)
@@ -111,8 +126,6 @@ impl Journal {
             trees,
             db_file,
             opts,
-            tail: Mutex::new(Tail::new(tip.head, tip.chain)),
-            flush_lock: Arc::new(tokio::sync::Mutex::new(())),
             durable: watch::Sender::new(0),
             flushes: AtomicU64::new(0),
             synced_blobs: Mutex::new(HashSet::new()),
@@ -130,9 +143,12 @@ impl Journal {
         inner.sync_storage()?;
         inner.durable.send_replace(tip.head);
         metrics::gauge!(crate::metrics::HEAD).set(tip.head as f64);
+        let inner = Arc::new(inner);
+        let writer = Writer::start(inner.clone(), tip.head, tip.chain)?;
         tracing::info!(dir = %dir.display(), head = tip.head, "journal opened");
         Ok(Journal {
-            inner: Arc::new(inner),
+            inner,
+            writer: Arc::new(writer),
         })
     }
 
