@@ -71,11 +71,20 @@ pub(crate) struct Prepared {
     pub body_sha256: [u8; 32],
 }
 
-/// Hashes and (maybe) compresses outside the append lock.
+/// Hashes and (maybe) compresses outside the writer thread.
 pub(crate) fn prepare(rec: NewRecord, compress_min_bytes: usize) -> Prepared {
+    let body_sha256 = sha256(rec.kind.body());
+    prepare_hashed(rec, body_sha256, compress_min_bytes)
+}
+
+/// [`prepare`] for a body whose SHA-256 the caller already computed.
+pub(crate) fn prepare_hashed(
+    rec: NewRecord,
+    body_sha256: [u8; 32],
+    compress_min_bytes: usize,
+) -> Prepared {
     let mut header = rec.kind;
     let raw = header.take_body();
-    let body_sha256 = sha256(&raw);
     let body_len = raw.len() as u64;
     let (encoding, body) = choose_encoding(raw, compress_min_bytes);
     Prepared {

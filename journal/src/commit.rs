@@ -11,16 +11,21 @@
 //!
 //! 1. **Seal**: in queue order, give each record the next seq and link it
 //!    into the chain. Only this thread allocates seqs, so they are gap-free
-//!    and sled's log receives records in seq order.
-//! 2. **Write**: every record of the batch, then their index entries and
-//!    Pending delivery states, then `meta/indexed_through` = last seq of the
-//!    batch (once per batch; recovery re-indexes anything past it).
+//!    and sled's log receives records in seq order. A replicated batch
+//!    ([`Journal::append_replicated`], `commit/replicate.rs`) is one job
+//!    whose records must already carry exactly those seqs and links; it joins
+//!    the group whole or is refused whole before anything is written.
+//! 2. **Write** (`commit/apply.rs`): every record of the batch, then their
+//!    index entries and Pending delivery states, then `meta/indexed_through`
+//!    = last seq of the batch (once per batch; recovery re-indexes anything
+//!    past it).
 //! 3. **Sync**: one sled `flush()` + fsync of new blob files + `fdatasync`
 //!    of `dir/db` (see `sync.rs`), whether the batch holds one record or a
 //!    thousand. [`Journal::flush`] is a job too, so it syncs everything
 //!    written before it, delivery-state updates included.
-//! 4. **Publish**: raise the durable head (what `head`, `watch_head`, reads
-//!    and index lookups go by), then answer every waiter of the batch.
+//! 4. **Publish**: record the durable head's chain (`last_chain`), raise the
+//!    durable head (what `head`, `watch_head`, reads and index lookups go
+//!    by), then answer every waiter of the batch.
 //!
 //! While one batch syncs, new appends queue up and form the next batch: the
 //! slower the disk, the bigger the groups. No thread ever waits for another
@@ -45,27 +50,31 @@
 //! sends a duplicate.
 
 use std::sync::mpsc;
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{Arc, PoisonError, atomic::Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::codec::{self, Prepared, seq_key};
+use crate::codec::{self, Prepared};
 use crate::error::JournalError;
-use crate::index::{self, Index};
 use crate::metrics as m;
-use crate::record::{Appended, NewRecord, RecordKind, Seq};
+use crate::record::{Appended, NewRecord, Seq};
 use crate::recovery::write_indexed_through;
-use crate::state::DeliveryState;
 use crate::store::{Inner, Journal};
+
+mod apply;
+mod replicate;
+
+use apply::Sealed;
 
 /// Bodies up to this size are prepared (SHA-256, zstd) on the calling task:
 /// that takes tens of microseconds, less than a hop to the blocking pool.
 pub(crate) const INLINE_PREPARE_MAX: usize = 16 * 1024;
 
 /// Most jobs one group commit takes; bounds the latency a batch adds for the
-/// waiters queued behind it.
+/// waiters queued behind it. A replicated batch is one job however many
+/// records it carries (its caller chose its size).
 pub(crate) const MAX_BATCH: usize = 1024;
 
 type Reply<T> = oneshot::Sender<Result<T, JournalError>>;
@@ -80,6 +89,11 @@ enum Job {
         rec: Prepared,
         reply: Reply<Appended>,
     },
+    /// Another journal's records, to be linked in verbatim (`replicate.rs`).
+    Replicate {
+        offered: Vec<replicate::Offered>,
+        reply: Reply<Seq>,
+    },
     Flush {
         reply: Reply<()>,
     },
@@ -90,7 +104,27 @@ impl Job {
         // A waiter that went away (cancelled append) needs no answer.
         match self {
             Job::Append { reply, .. } => drop(reply.send(Err(e))),
+            Job::Replicate { reply, .. } => drop(reply.send(Err(e))),
             Job::Flush { reply } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// Who waits for the current batch, and what they are told on success.
+enum Waiter {
+    Append(Appended, Reply<Appended>),
+    /// Last seq of a replicated batch.
+    Replicate(Seq, Reply<Seq>),
+    Flush(Reply<()>),
+}
+
+impl Waiter {
+    fn answer(self, outcome: Result<(), &JournalError>) {
+        let outcome = outcome.map_err(JournalError::replay);
+        match self {
+            Waiter::Append(a, reply) => drop(reply.send(outcome.map(|()| a))),
+            Waiter::Replicate(seq, reply) => drop(reply.send(outcome.map(|()| seq))),
+            Waiter::Flush(reply) => drop(reply.send(outcome)),
         }
     }
 }
@@ -178,23 +212,14 @@ impl Journal {
     }
 }
 
-/// A record of the current batch, sealed at its seq.
-struct Sealed {
-    seq: Seq,
-    time_ms: u64,
-    is_message: bool,
-    value: Vec<u8>,
-    entries: Vec<(Index, Vec<u8>)>,
-}
-
 /// One group commit in the making.
 struct Batch {
     /// The durable tip the batch links on to, and rolls back to.
     durable: Seq,
     durable_chain: [u8; 32],
     records: Vec<Sealed>,
-    acks: Vec<(Appended, Reply<Appended>)>,
-    flushes: Vec<Reply<()>>,
+    /// In staging order; every record of `records` belongs to one of them.
+    waiters: Vec<Waiter>,
 }
 
 /// What only the writer thread touches: the end of the chain.
@@ -226,8 +251,7 @@ impl WriterState {
             durable: self.last_seq,
             durable_chain: self.last_chain,
             records: Vec::new(),
-            acks: Vec::new(),
-            flushes: Vec::new(),
+            waiters: Vec::new(),
         };
         let started = Instant::now();
         let mut written = 0;
@@ -256,7 +280,7 @@ impl WriterState {
                 Err(_) => break Ok(()),
             }
         };
-        if batch.records.is_empty() && batch.flushes.is_empty() {
+        if batch.waiters.is_empty() {
             return;
         }
         let outcome = outcome
@@ -272,6 +296,13 @@ impl WriterState {
         match outcome {
             Ok(()) => {
                 let head = self.last_seq;
+                if head > batch.durable {
+                    *self
+                        .inner
+                        .tip
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = (head, self.last_chain);
+                }
                 self.inner.durable.send_if_modified(|d| {
                     let advance = head > *d;
                     if advance {
@@ -286,107 +317,52 @@ impl WriterState {
                     micros = started.elapsed().as_micros() as u64,
                     "journal group commit"
                 );
-                for (appended, reply) in batch.acks {
-                    drop(reply.send(Ok(appended)));
-                }
-                for reply in batch.flushes {
-                    drop(reply.send(Ok(())));
-                }
+                batch.waiters.into_iter().for_each(|w| w.answer(Ok(())));
             }
             Err(e) => {
                 tracing::error!(error = %e, head = batch.durable, batch = batch.records.len(),
                     "journal group commit failed; rolling back");
                 self.roll_back(&batch, &e);
-                for (_, reply) in batch.acks {
-                    drop(reply.send(Err(e.replay())));
-                }
-                for reply in batch.flushes {
-                    drop(reply.send(Err(e.replay())));
-                }
+                batch.waiters.into_iter().for_each(|w| w.answer(Err(&e)));
             }
         }
     }
 
-    /// Seals an append into the batch, or queues a flush waiter.
+    /// Seals an append or a replicated batch into the batch, or queues a
+    /// flush waiter. A job refused here is refused alone, without taking a seq.
     fn stage(&mut self, job: Job, batch: &mut Batch) {
         match job {
-            Job::Flush { reply } => batch.flushes.push(reply),
-            Job::Append { rec, reply } => match self.seal(rec) {
+            Job::Flush { reply } => batch.waiters.push(Waiter::Flush(reply)),
+            Job::Append { rec, reply } => match self.seal(&rec) {
                 Ok((sealed, appended)) => {
                     batch.records.push(sealed);
-                    batch.acks.push((appended, reply));
+                    batch.waiters.push(Waiter::Append(appended, reply));
                 }
-                // Refused alone, without taking a seq.
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Job::Replicate { offered, reply } => match self.link_replicated(offered) {
+                Ok(records) => {
+                    batch.records.extend(records);
+                    batch.waiters.push(Waiter::Replicate(self.last_seq, reply));
+                }
                 Err(e) => drop(reply.send(Err(e))),
             },
         }
     }
 
-    /// Links one record in at the next seq.
-    fn seal(&mut self, rec: Prepared) -> Result<(Sealed, Appended), JournalError> {
+    /// Links one append in at the next seq.
+    fn seal(&mut self, rec: &Prepared) -> Result<(Sealed, Appended), JournalError> {
         let seq = self.last_seq + 1;
-        let (chain, value) = rec.seal(seq, self.last_chain)?;
-        self.last_seq = seq;
-        self.last_chain = chain;
-        let sealed = Sealed {
-            seq,
-            time_ms: rec.time_ms,
-            is_message: matches!(rec.header, RecordKind::Message(_)),
-            value,
-            entries: index::entries(seq, rec.time_ms, &rec.header),
-        };
-        let appended = Appended {
-            seq,
-            chain,
-            body_sha256: rec.body_sha256,
-        };
-        Ok((sealed, appended))
-    }
-
-    /// Records first, then what is derived from them (the caller writes the
-    /// watermark last), so a crash anywhere leaves records that recovery
-    /// re-indexes.
-    fn write(&self, records: &[Sealed]) -> Result<(), JournalError> {
-        let trees = &self.inner.trees;
-        for r in records {
-            trees.records.insert(seq_key(r.seq), r.value.as_slice())?;
-        }
-        for r in records {
-            trees.insert_index(&r.entries)?;
-            if r.is_message {
-                // Unconditional: a seq reused after a rollback starts afresh.
-                trees.write_state(r.seq, &DeliveryState::pending(r.time_ms))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Undoes the batch `records` (everything after `durable`) and rewinds
-    /// the chain end. A failure to undo poisons the journal instead: the
-    /// waiters get the error that started this.
-    fn roll_back(&mut self, batch: &Batch, cause: &JournalError) {
-        let (durable, records) = (batch.durable, &batch.records);
-        let trees = &self.inner.trees;
-        let undone = (|| {
-            // Watermark first: a crash mid-rollback leaves a gap-free prefix
-            // of records past it, which recovery re-indexes.
-            write_indexed_through(trees, durable)?;
-            for r in records.iter().rev() {
-                trees.remove_index(&r.entries)?;
-                trees.remove_state(r.seq)?;
-                trees.records.remove(seq_key(r.seq))?;
-            }
-            Ok::<_, JournalError>(())
-        })();
-        match undone {
-            Ok(()) => {
-                self.last_seq = durable;
-                self.last_chain = batch.durable_chain;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "journal rollback failed; journal poisoned");
-                self.poisoned = Some(cause.replay());
-            }
-        }
+        let (sealed, chain) = Sealed::new(rec, seq, self.last_chain)?;
+        (self.last_seq, self.last_chain) = (seq, chain);
+        let body_sha256 = rec.body_sha256;
+        Ok((
+            sealed,
+            Appended {
+                seq,
+                chain,
+                body_sha256,
+            },
+        ))
     }
 }

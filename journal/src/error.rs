@@ -37,6 +37,16 @@ pub enum JournalError {
     /// A record could not be serialized.
     #[error("journal could not encode a record: {0}")]
     Encode(#[source] postcard::Error),
+    /// A record offered for appending does not fit this journal (wrong seq,
+    /// does not link to the chain, body or chain hash wrong). Nothing of the
+    /// offered batch was written; local storage is fine (unlike `Corrupt`).
+    #[error("record {seq} offered for appending does not fit the journal: {reason}")]
+    Mismatch {
+        /// The seq the first bad record carries.
+        seq: Seq,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The sequence number does not name a durable record.
     #[error("journal has no record with seq {0}")]
     NotFound(Seq),
@@ -77,6 +87,10 @@ impl JournalError {
             },
             JournalError::Sled(e) => JournalError::Sled(e.clone()),
             JournalError::Corrupt { seq, reason } => JournalError::corrupt(*seq, reason.clone()),
+            JournalError::Mismatch { seq, reason } => JournalError::Mismatch {
+                seq: *seq,
+                reason: reason.clone(),
+            },
             JournalError::Full => JournalError::Full,
             JournalError::Encode(e) => JournalError::Encode(e.clone()),
             JournalError::NotFound(seq) => JournalError::NotFound(*seq),

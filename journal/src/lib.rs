@@ -6,6 +6,19 @@
 //! nothing about SMTP or IMAP: callers hand it envelopes, bytes and the
 //! Message-ID they parsed.
 //!
+//! # Replication
+//!
+//! The primary's records are read with [`Journal::read_from`] and written
+//! into the replica site's journal with [`Journal::append_replicated`],
+//! verbatim: same seqs, times, hashes and chain links, so both journals
+//! verify to the same chain. A batch must continue exactly at the replica's
+//! `head() + 1` and [`Journal::last_chain`], and every body hash and chain
+//! link is recomputed (see [`check_chain`]); a batch that does not fit is
+//! refused whole with [`JournalError::Mismatch`]. Each journal picks its own
+//! body compression: the chain covers the raw body's length and hash only.
+//! Small named values such as the replication epoch live beside the records
+//! ([`Journal::set_meta`], [`Journal::get_meta`]).
+//!
 //! # Layout
 //!
 //! One sled database in the journal directory (`dir/db`, `dir/conf`,
@@ -21,6 +34,7 @@
 //! | `state` | seq_be | postcard([`DeliveryState`]) |
 //! | `undelivered` | seq_be | empty (Pending/Deferred only) |
 //! | `meta` | `indexed_through` | seq_be up to which indexes/state are written |
+//! | `user_meta` | caller's name (UTF-8) | caller's bytes ([`Journal::set_meta`]) |
 //!
 //! `StoredRecord` is, in postcard order: `seq`, `time_ms`, the
 //! [`RecordKind`] with an empty body, the body encoding (`Raw` or `Zstd`),
@@ -63,7 +77,8 @@
 //! 1024) as one group: it gives them consecutive seqs, writes records,
 //! indexes and states, sets `meta/indexed_through` once, performs that one
 //! flush + fdatasync for the whole group, publishes the new durable head and
-//! only then answers the group's appenders (see `commit.rs`). Appends that
+//! only then answers the group's appenders (see `commit.rs`);
+//! [`Journal::append_replicated`] batches take the same path. Appends that
 //! arrive while a group is being synced form the next group, so the number
 //! of syncs adapts to the disk's speed. [`Journal::head`],
 //! [`Journal::watch_head`], reads and index lookups only ever show durable
@@ -98,6 +113,7 @@ mod verify;
 pub use error::JournalError;
 pub use record::{
     Appended, AuditRecord, ClientInfo, MessageRecord, NewRecord, Record, RecordKind, Seq,
+    check_chain,
 };
 pub use state::{DeliveryState, DeliveryStatus};
 pub use store::{Journal, JournalOptions};

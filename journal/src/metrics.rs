@@ -8,7 +8,9 @@ use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const APPEND_SECONDS: &str = "levee_journal_append_seconds";
 /// Counter: records appended (acknowledged).
 pub const APPENDS_TOTAL: &str = "levee_journal_appends_total";
-/// Counter: raw body bytes appended.
+/// Counter: records appended verbatim from another journal (replication).
+pub const REPLICATED_TOTAL: &str = "levee_journal_replicated_records_total";
+/// Counter: raw body bytes appended (local and replicated).
 pub const BYTES_TOTAL: &str = "levee_journal_bytes_total";
 /// Counter: group-commit flush+fdatasync rounds.
 pub const FLUSHES_TOTAL: &str = "levee_journal_flushes_total";
@@ -23,6 +25,10 @@ pub fn describe() {
         "Time from journal append to durable acknowledgement"
     );
     describe_counter!(APPENDS_TOTAL, "Records durably appended to the journal");
+    describe_counter!(
+        REPLICATED_TOTAL,
+        "Records appended verbatim from another journal (replication)"
+    );
     describe_counter!(
         BYTES_TOTAL,
         Unit::Bytes,

@@ -184,6 +184,36 @@ pub(crate) fn chain_hash(prev_chain: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Checks one record on its own: that it links to `prev_chain`, that
+/// `body_sha256` is the SHA-256 of its body and that `chain` is what the
+/// documented formula gives. `Err` says what is wrong. Pure: this is what
+/// [`Journal::append_replicated`](crate::Journal::append_replicated) checks,
+/// minus where the record must go.
+pub fn check_chain(record: &Record, prev_chain: &[u8; 32]) -> Result<(), String> {
+    if &record.prev_chain != prev_chain {
+        return Err(PREV_CHAIN_MISMATCH.into());
+    }
+    let body = record.kind.body();
+    if sha256(body) != record.body_sha256 {
+        return Err(BODY_HASH_MISMATCH.into());
+    }
+    let canonical = canonical_bytes(
+        record.seq,
+        record.time_ms,
+        &record.kind,
+        body.len() as u64,
+        &record.body_sha256,
+    );
+    if chain_hash(prev_chain, &canonical) != record.chain {
+        return Err(CHAIN_MISMATCH.into());
+    }
+    Ok(())
+}
+
+pub(crate) const PREV_CHAIN_MISMATCH: &str = "prev_chain is not the chain of the record before it";
+pub(crate) const BODY_HASH_MISMATCH: &str = "body_sha256 is not the SHA-256 of the body";
+pub(crate) const CHAIN_MISMATCH: &str = "chain is not the hash the documented formula gives";
+
 fn put_len(out: &mut Vec<u8>, len: usize) {
     // usize -> u64 cannot lose bits on any supported target.
     out.extend_from_slice(&(len as u64).to_be_bytes());

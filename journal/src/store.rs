@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
@@ -50,6 +50,8 @@ impl Default for JournalOptions {
 pub(crate) struct Trees {
     pub records: sled::Tree,
     pub meta: sled::Tree,
+    /// Callers' named values ([`Journal::set_meta`]), apart from `meta`.
+    pub user_meta: sled::Tree,
     pub state: sled::Tree,
     pub undelivered: sled::Tree,
     pub idx_message_id: sled::Tree,
@@ -63,6 +65,7 @@ impl Trees {
         Ok(Trees {
             records: db.open_tree("records")?,
             meta: db.open_tree("meta")?,
+            user_meta: db.open_tree("user_meta")?,
             state: db.open_tree("state")?,
             undelivered: db.open_tree("undelivered")?,
             idx_message_id: db.open_tree("idx_message_id")?,
@@ -85,6 +88,9 @@ pub(crate) struct Inner {
     /// Highest durable seq, published by the writer thread after each group
     /// commit; the receivers are handed out by `watch_head`.
     pub durable: watch::Sender<Seq>,
+    /// The durable head and its chain hash, updated by the writer thread just
+    /// before it raises `durable`.
+    pub tip: Mutex<(Seq, [u8; 32])>,
     pub flushes: AtomicU64,
     /// Blob files already fsynced (see `sync.rs`).
     pub synced_blobs: Mutex<HashSet<OsString>>,
@@ -127,6 +133,7 @@ impl Journal {
             db_file,
             opts,
             durable: watch::Sender::new(0),
+            tip: Mutex::new((tip.head, tip.chain)),
             flushes: AtomicU64::new(0),
             synced_blobs: Mutex::new(HashSet::new()),
             state_lock: Mutex::new(()),
@@ -155,6 +162,45 @@ impl Journal {
     /// Highest durable seq (0 when empty).
     pub fn head(&self) -> Seq {
         *self.inner.durable.borrow()
+    }
+
+    /// Chain hash of the durable head record (`[0; 32]` when empty): what the
+    /// next replicated record's `prev_chain` must be. Use [`Journal::tip`]
+    /// when head and chain must come from the same moment.
+    pub fn last_chain(&self) -> [u8; 32] {
+        self.tip().1
+    }
+
+    /// The durable head and its chain hash, read together: calling
+    /// [`Journal::head`] and then [`Journal::last_chain`] can straddle a
+    /// group commit.
+    pub fn tip(&self) -> (Seq, [u8; 32]) {
+        *self
+            .inner
+            .tip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A named value kept beside the records (e.g. the replication epoch),
+    /// from a tree of its own: names cannot collide with the journal's
+    /// internal bookkeeping.
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(self
+            .inner
+            .trees
+            .user_meta
+            .get(key.as_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Sets a named value (meant for short ASCII names). Applied at once and
+    /// durable with the next group commit or [`Journal::flush`]; await
+    /// `flush` when it must survive a crash (e.g. before acting on a new
+    /// epoch).
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        self.inner.trees.user_meta.insert(key.as_bytes(), value)?;
+        Ok(())
     }
 
     /// Follows the durable head; the replica streamer waits on this.
