@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use levee_config::{Config, ConfigFile};
+use levee_config::{Config, ConfigFile, ReplicaConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for an unusable configuration (EX_USAGE, as linkerd and others use).
@@ -30,10 +30,19 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the replica site's daemon: receive the journal stream, apply it to the standby.
+    Replica {
+        /// The replica's configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Check a configuration file: prints OK or every problem with its line.
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// The file is `levee replica`'s.
+        #[arg(long)]
+        replica: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -50,7 +59,33 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file, json } => check_config(&file, json),
+        Command::CheckConfig {
+            file,
+            json,
+            replica,
+        } => {
+            if replica {
+                check_config::<ReplicaConfig>(&file, json)
+            } else {
+                check_config::<Config>(&file, json)
+            }
+        }
+        Command::Replica { config } => {
+            let config = match ReplicaConfig::load(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!(
+                        "levee: {}: configuration rejected:\n{err}",
+                        config.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(&config.log.level, config.log.json);
+            block_on_daemon(
+                |shutdown| async move { crate::standby::run(config, shutdown, None).await },
+            )
+        }
         Command::Run { config } => {
             let config = match Config::load(&config) {
                 Ok(config) => config,
@@ -63,7 +98,7 @@ pub fn main() -> ExitCode {
                 }
             };
             init_tracing(&config.log.level, config.log.json);
-            run_daemon(config)
+            block_on_daemon(|shutdown| async move { crate::run(config, shutdown, None).await })
         }
         Command::Demo { install } => {
             init_tracing("warn", false);
@@ -78,8 +113,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
-    let result = Config::load(file);
+fn check_config<T: ConfigFile>(file: &std::path::Path, json: bool) -> ExitCode {
+    let result = T::load(file);
     if json {
         let problems: Vec<serde_json::Value> = match &result {
             Ok(_) => Vec::new(),
@@ -108,7 +143,12 @@ fn check_config(file: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
-fn run_daemon(config: Config) -> ExitCode {
+/// Runs a daemon on a fresh runtime until SIGINT/SIGTERM.
+fn block_on_daemon<F, Fut>(daemon: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::RunError>>,
+{
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -119,7 +159,7 @@ fn run_daemon(config: Config) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        match crate::run(config, shutdown, None).await {
+        match daemon(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(%err, "levee failed");

@@ -7,6 +7,8 @@
 //! - [`smtp`]: the SMTP front (client sessions, upstream client, AUTH relay, the
 //!   journal-before-250 transaction).
 //! - [`delivery`]: store and forward from the journal when the upstream failed.
+//! - [`replication`]: the journal stream to the replica site and the sync-mode gate.
+//! - [`standby`]: `levee replica`, the replica site's daemon (receiver and applier).
 //! - [`tls`], [`metrics`]: client TLS material; metric names and the Prometheus endpoint.
 //! - [`mailstack`]: real Postfix + Dovecot instances on loopback for `levee demo` and tests.
 //! - [`cli`]: the command-line interface.
@@ -16,7 +18,9 @@ pub mod delivery;
 pub mod demo;
 pub mod mailstack;
 pub mod metrics;
+pub mod replication;
 pub mod smtp;
+pub mod standby;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -46,6 +50,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 /// Addresses actually bound (listeners configured with port 0 get a real port here).
@@ -72,8 +78,18 @@ pub async fn run(
         path: journal_dir(&config).display().to_string(),
         source,
     })?;
+    let replicator = match &config.replication {
+        Some(replication) => Some(replication::Replicator::start(
+            &journal,
+            &config.node.id,
+            replication,
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     let wake = Arc::new(Notify::new());
     let shared = Arc::new(SmtpShared {
+        replicator,
         config: config.clone(),
         journal: journal.clone(),
         tls,
@@ -118,8 +134,9 @@ pub async fn run(
             .map_err(|source| RunError::Bind { addr, source })?;
         bound.metrics = listener.local_addr().ok();
         let stop = shutdown.clone();
+        let status = primary_status(&config, &journal, shared.replicator.clone());
         tasks.spawn(async move {
-            if let Err(err) = metrics::serve(listener, stop).await {
+            if let Err(err) = metrics::serve(listener, stop, status).await {
                 tracing::error!(%err, "metrics endpoint failed");
             }
         });
@@ -146,12 +163,47 @@ pub async fn run(
     Ok(())
 }
 
+/// `GET /status` of `levee run`.
+fn primary_status(
+    config: &Config,
+    journal: &Journal,
+    replicator: Option<replication::Replicator>,
+) -> metrics::StatusFn {
+    let (node, journal) = (config.node.id.clone(), journal.clone());
+    let mode = config.replication.as_ref().map(|r| r.mode);
+    Arc::new(move || {
+        let head = journal.head();
+        let replication = replicator.as_ref().map(|r| {
+            let link = r.status.current();
+            serde_json::json!({
+                "mode": format!("{:?}", mode.unwrap_or_default()).to_lowercase(),
+                "connected": link.connected,
+                "acked_seq": link.acked,
+                "lag_records": head.saturating_sub(link.acked),
+                "lag_seconds": levee_replica::shipper::lag_seconds(&journal, link.acked),
+                "sync_degraded": r.degraded(),
+                "last_error": link.last_error,
+            })
+        });
+        serde_json::json!({
+            "role": "primary",
+            "node": node,
+            "journal_head": head,
+            "replication": replication,
+        })
+    })
+}
+
 fn journal_dir(config: &Config) -> std::path::PathBuf {
     config.node.data_dir.join("journal")
 }
 
 async fn open_journal(config: &Config) -> Result<Journal, RunError> {
-    let dir = journal_dir(config);
+    open_journal_at(journal_dir(config)).await
+}
+
+/// Opens the journal in `dir` off the async threads.
+pub(crate) async fn open_journal_at(dir: std::path::PathBuf) -> Result<Journal, RunError> {
     let path = dir.display().to_string();
     tokio::task::spawn_blocking(move || Journal::open(&dir, JournalOptions::default()))
         .await

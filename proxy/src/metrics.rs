@@ -4,7 +4,7 @@
 //! and every `run` in the process renders from the same handle.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics::{Unit, describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -47,6 +47,7 @@ fn describe() {
     describe_counter!(SMTP_PROTOCOL_ERRORS, "SMTP commands refused as malformed");
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
     levee_journal::metrics::describe();
+    levee_replica::metrics::describe();
 }
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -68,15 +69,31 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+/// A snapshot of the daemon's state for `GET /status`.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Serves `GET /metrics` (Prometheus) and `GET /status` (JSON) on `listener` until
+/// `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    status: StatusFn,
+) -> std::io::Result<()> {
     let Some(handle) = handle() else {
         return Ok(());
     };
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move { handle.render() }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { handle.render() }),
+        )
+        .route(
+            "/status",
+            axum::routing::get(move || {
+                let status = status.clone();
+                async move { axum::Json(status()) }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

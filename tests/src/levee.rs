@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use levee_config::{Config, ConfigFile};
+use levee_config::{Config, ConfigFile, ReplicaConfig};
 use levee_proxy::mailstack::{MailStack, free_port};
 use tokio_util::sync::CancellationToken;
 
@@ -41,13 +41,45 @@ enum Running {
     Stopped,
 }
 
+/// Which levee daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// `levee run`: the proxy at the primary site.
+    Run,
+    /// `levee replica`: the replica site's daemon.
+    Replica,
+}
+
+/// How a primary reaches a replica daemon started by [`Levee::start_replica`].
+#[derive(Debug, Clone)]
+pub struct ReplicaLink {
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+    pub token_file: PathBuf,
+}
+
+impl ReplicaLink {
+    /// The `[replication]` section of a primary that streams to this replica.
+    pub fn primary_section(&self, mode: &str, sync_timeout: &str) -> String {
+        format!(
+            "\n[replication]\nreplica = \"{}\"\nserver_name = \"replica.levee.test\"\nca = \"{}\"\ntoken_file = \"{}\"\nmode = \"{mode}\"\nsync_timeout = \"{sync_timeout}\"\nheartbeat = \"200ms\"\n",
+            self.addr,
+            self.ca.display(),
+            self.token_file.display()
+        )
+    }
+}
+
 /// A levee instance bound to one mail stack.
 #[derive(Debug)]
 pub struct Levee {
+    /// For a replica daemon, `relay` is the stream listener and the others are unused
+    /// (but `metrics`).
     pub ports: Ports,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     mode: LeveeMode,
+    daemon: Daemon,
     running: Running,
 }
 
@@ -131,10 +163,74 @@ listen = "{metrics}"
             config_path,
             log_path: dir.join("levee.log"),
             mode,
+            daemon: Daemon::Run,
             running: Running::Stopped,
         };
         levee.restart();
         levee
+    }
+
+    /// Starts `levee replica` applying to `stack` over LMTP, with a fresh certificate and
+    /// token; the returned link configures a primary to stream to it.
+    pub fn start_replica(mode: LeveeMode, dir: &Path, stack: &MailStack) -> (Levee, ReplicaLink) {
+        let port = || free_port().expect("free port");
+        let ports = Ports {
+            relay: local(port()),
+            submission: local(port()),
+            submissions: local(port()),
+            metrics: local(port()),
+        };
+        let (cert, key) = levee_proxy::tls::write_self_signed(dir, &["replica.levee.test"])
+            .expect("replica cert");
+        let token_file = dir.join("replication.token");
+        std::fs::write(&token_file, "test-replication-token-0123456789\n").expect("token");
+        let text = format!(
+            r#"
+[node]
+id = "replica-test"
+data_dir = "{data}"
+
+[replica]
+listen = "{listen}"
+cert = "{cert}"
+key = "{key}"
+token_file = "{token}"
+idle_timeout = "3s"
+
+[apply]
+lmtp = "{lmtp}"
+local_domains = ["{domain}"]
+retry = "300ms"
+
+[metrics]
+listen = "{metrics}"
+"#,
+            data = dir.join("data").display(),
+            listen = ports.relay,
+            cert = cert.display(),
+            key = key.display(),
+            token = token_file.display(),
+            lmtp = stack.lmtp_addr(),
+            domain = stack.domain(),
+            metrics = ports.metrics,
+        );
+        let config_path = dir.join("replica.toml");
+        std::fs::write(&config_path, &text).expect("write replica.toml");
+        let link = ReplicaLink {
+            addr: ports.relay,
+            ca: cert,
+            token_file,
+        };
+        let mut levee = Levee {
+            ports,
+            config_path,
+            log_path: dir.join("replica.log"),
+            mode,
+            daemon: Daemon::Replica,
+            running: Running::Stopped,
+        };
+        levee.restart();
+        (levee, link)
     }
 
     /// Starts levee again (after [`Levee::kill`] or [`Levee::stop`]) on the same ports and
@@ -149,14 +245,23 @@ listen = "{metrics}"
     }
 
     fn spawn_in_process(&self) -> Running {
-        let config = Config::load(&self.config_path).expect("test config is valid");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let shutdown = CancellationToken::new();
-        let task = runtime.spawn(levee_proxy::run(config, shutdown.clone(), None));
+        let task = match self.daemon {
+            Daemon::Run => {
+                let config = Config::load(&self.config_path).expect("test config is valid");
+                runtime.spawn(levee_proxy::run(config, shutdown.clone(), None))
+            }
+            Daemon::Replica => {
+                let config =
+                    ReplicaConfig::load(&self.config_path).expect("replica config is valid");
+                runtime.spawn(levee_proxy::standby::run(config, shutdown.clone(), None))
+            }
+        };
         Running::InProcess {
             runtime,
             shutdown,
@@ -170,8 +275,12 @@ listen = "{metrics}"
             .append(true)
             .open(&self.log_path)
             .expect("levee log");
+        let command = match self.daemon {
+            Daemon::Run => "run",
+            Daemon::Replica => "replica",
+        };
         let child = Command::new(levee_binary())
-            .args(["run", "--config"])
+            .args([command, "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "trace")
             .stdin(Stdio::null())

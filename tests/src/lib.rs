@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use levee_journal::{Journal, JournalOptions, Record, RecordKind};
 use levee_proxy::mailstack::{MailStack, StackSpec};
 
-pub use levee::{Levee, LeveeMode};
+pub use levee::{Daemon, Levee, LeveeMode, ReplicaLink};
 
 /// A mail stack with levee in front of it.
 #[derive(Debug)]
@@ -82,31 +82,103 @@ impl Site {
             .unwrap_or_else(|| panic!("no user {user} in the stack"))
     }
 
-    /// Waits until `user`'s Maildir holds a message containing each of `needles`, or
-    /// panics after `secs` with the mail logs.
+    /// Waits until `user`'s Maildir holds a message containing each of `needles`.
     pub fn wait_for_messages(&self, user: &str, needles: &[String], secs: u64) -> Vec<Vec<u8>> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        loop {
-            let messages = self.stack.inbox_messages(user).expect("read maildir");
-            let missing: Vec<&String> = needles
-                .iter()
-                .filter(|n| !messages.iter().any(|m| contains(m, n.as_bytes())))
-                .collect();
-            if missing.is_empty() {
-                return messages;
-            }
-            if std::time::Instant::now() > deadline {
-                panic!(
-                    "{} of {} messages never reached {user}'s INBOX (first: {})\npostfix log tail:\n{}",
-                    missing.len(),
-                    needles.len(),
-                    missing[0],
-                    tail(&self.stack.postfix_log(), 30)
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        wait_for_messages(&self.stack, user, needles, secs)
+    }
+}
+
+/// The replica site: its own mail stack and `levee replica` applying to it.
+#[derive(Debug)]
+pub struct ReplicaSite {
+    pub stack: MailStack,
+    pub daemon: Levee,
+    /// What a primary needs to stream here.
+    pub link: ReplicaLink,
+    pub dir: tempfile::TempDir,
+}
+
+impl ReplicaSite {
+    pub fn start(name: &str, mode: LeveeMode) -> ReplicaSite {
+        ensure_mail_servers();
+        let stack = MailStack::start(StackSpec::new(name))
+            .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("levee-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let (daemon, link) = Levee::start_replica(mode, dir.path(), &stack);
+        ReplicaSite {
+            stack,
+            daemon,
+            link,
+            dir,
         }
     }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.path().join("data/journal")
+    }
+
+    /// Opens the replica's journal; the daemon must be stopped.
+    pub fn open_journal(&self) -> Journal {
+        Journal::open(&self.journal_dir(), JournalOptions::default()).expect("open journal")
+    }
+
+    pub fn wait_for_messages(&self, user: &str, needles: &[String], secs: u64) -> Vec<Vec<u8>> {
+        wait_for_messages(&self.stack, user, needles, secs)
+    }
+}
+
+/// Waits until `user`'s Maildir in `stack` holds a message containing each of `needles`,
+/// or panics after `secs` with the mail log.
+pub fn wait_for_messages(
+    stack: &MailStack,
+    user: &str,
+    needles: &[String],
+    secs: u64,
+) -> Vec<Vec<u8>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let messages = stack.inbox_messages(user).expect("read maildir");
+        let missing: Vec<&String> = needles
+            .iter()
+            .filter(|n| !messages.iter().any(|m| contains(m, n.as_bytes())))
+            .collect();
+        if missing.is_empty() {
+            return messages;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{} of {} messages never reached {user}'s INBOX (first: {})\npostfix log tail:\n{}\ndovecot log tail:\n{}",
+                missing.len(),
+                needles.len(),
+                missing[0],
+                tail(&stack.postfix_log(), 20),
+                tail(&stack.dovecot_log(), 20)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Sends one sample message with `id` to `rcpt` through `addr` (plain SMTP, no AUTH);
+/// returns smtplib's verdict.
+pub fn send_sample(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    id: &str,
+    rcpt: &str,
+) -> serde_json::Value {
+    let file = message_file(dir, &format!("{id}.eml"), &sample_message(id, rcpt));
+    clients::smtp_send(
+        addr,
+        clients::Security::Plain,
+        None,
+        "sender@example.org",
+        &[rcpt],
+        &file,
+    )
 }
 
 /// Installs Postfix, Dovecot and python3 with apt-get on first use when they are missing

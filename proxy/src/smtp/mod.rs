@@ -39,6 +39,8 @@ pub struct SmtpShared {
     pub shutdown: CancellationToken,
     /// Wakes the delivery worker when a message is deferred.
     pub delivery: Arc<Notify>,
+    /// The journal stream to the replica site, when configured.
+    pub replicator: Option<crate::replication::Replicator>,
 }
 
 impl std::fmt::Debug for SmtpShared {

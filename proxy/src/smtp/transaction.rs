@@ -199,12 +199,25 @@ impl Session {
         metrics::counter!(m::MESSAGE_BYTES).increment(size as u64);
         tracing::info!(seq, size, rcpts = tx.rcpts.len(), "message journaled");
 
-        let outcome = match (started, self.upstream.as_mut()) {
-            (Some(Ok(None)), Some(upstream)) => Some(upstream.end_body().await),
-            (Some(Ok(Some(refusal))), _) => Some(Ok(refusal)),
-            (Some(Err(err)), _) => Some(Err(err)),
-            _ => None,
-        };
+        // In sync replication mode the 250 also waits (bounded) for the replica's ack; the
+        // upstream's final dot goes out meanwhile.
+        let replicator = self.shared.replicator.clone();
+        let upstream = self.upstream.as_mut();
+        let (outcome, _) = tokio::join!(
+            async {
+                match (started, upstream) {
+                    (Some(Ok(None)), Some(upstream)) => Some(upstream.end_body().await),
+                    (Some(Ok(Some(refusal))), _) => Some(Ok(refusal)),
+                    (Some(Err(err)), _) => Some(Err(err)),
+                    _ => None,
+                }
+            },
+            async {
+                if let Some(replicator) = &replicator {
+                    replicator.wait_durable(seq).await;
+                }
+            }
+        );
         match outcome {
             Some(Ok(verdict)) if verdict.is_positive() => {
                 self.record_state(seq, DeliveryStatus::Delivered, &verdict);

@@ -78,6 +78,23 @@ impl Upstream {
         our_name: &str,
         client: &ClientIdentity,
     ) -> Result<Upstream, UpstreamError> {
+        let mut upstream = Upstream::dial(addr, connect_timeout, reply_timeout).await?;
+        upstream.hello(our_name).await?;
+        if upstream.xclient && client.addr.is_some() {
+            let reply = upstream.command(xclient_line(client).as_bytes()).await?;
+            if reply.code() != 220 {
+                tracing::warn!(upstream = %addr, reply = %reply, "XCLIENT refused");
+            }
+        }
+        Ok(upstream)
+    }
+
+    /// TCP connect and the server's greeting.
+    async fn dial(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Upstream, UpstreamError> {
         let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(UpstreamError::Connect { addr, source }),
@@ -98,13 +115,19 @@ impl Upstream {
             xclient: false,
         };
         upstream.expect_greeting().await?;
-        upstream.hello(our_name).await?;
-        if upstream.xclient && client.addr.is_some() {
-            let reply = upstream.command(xclient_line(client).as_bytes()).await?;
-            if reply.code() != 220 {
-                tracing::warn!(upstream = %addr, reply = %reply, "XCLIENT refused");
-            }
-        }
+        Ok(upstream)
+    }
+
+    /// An LMTP session (RFC 2033): greeting and LHLO. After the final dot of a message
+    /// the server answers once per accepted recipient ([`Upstream::end_body_lmtp`]).
+    pub async fn connect_lmtp(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        reply_timeout: Duration,
+        our_name: &str,
+    ) -> Result<Upstream, UpstreamError> {
+        let mut upstream = Upstream::dial(addr, connect_timeout, reply_timeout).await?;
+        upstream.greet("LHLO", our_name).await?;
         Ok(upstream)
     }
 
@@ -146,7 +169,11 @@ impl Upstream {
     /// Says EHLO as `name` and records the capabilities (this also begins a fresh SMTP
     /// session after XCLIENT).
     pub async fn hello(&mut self, name: &str) -> Result<(), UpstreamError> {
-        self.write(format!("EHLO {name}\r\n").as_bytes()).await?;
+        self.greet("EHLO", name).await
+    }
+
+    async fn greet(&mut self, verb: &str, name: &str) -> Result<(), UpstreamError> {
+        self.write(format!("{verb} {name}\r\n").as_bytes()).await?;
         let raw = self.read_raw_reply().await?;
         match EhloResponse::parse(&mut raw.iter()) {
             Ok(ehlo) => {
@@ -196,6 +223,17 @@ impl Upstream {
     /// The final dot after [`Upstream::begin_body`]; returns the upstream's verdict.
     pub async fn end_body(&mut self) -> Result<Reply, UpstreamError> {
         self.command(b".\r\n").await
+    }
+
+    /// The final dot of an LMTP transaction: one verdict per accepted recipient, in RCPT
+    /// order.
+    pub async fn end_body_lmtp(&mut self, recipients: usize) -> Result<Vec<Reply>, UpstreamError> {
+        self.write(b".\r\n").await?;
+        let mut verdicts = Vec::with_capacity(recipients);
+        for _ in 0..recipients {
+            verdicts.push(self.read_reply().await?);
+        }
+        Ok(verdicts)
     }
 
     /// Ends the session politely; errors do not matter any more.

@@ -1,0 +1,128 @@
+//! `levee replica`: the replica site's daemon. It receives the journal stream into its own
+//! journal and applies every message to the standby mail server.
+
+pub mod apply;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use levee_config::ReplicaConfig;
+use levee_journal::{Journal, JournalOptions};
+use levee_replica::auth::Token;
+use levee_replica::receiver::{self, ReceiverSettings};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::RunError;
+
+/// Addresses the replica daemon bound.
+#[derive(Debug, Clone)]
+pub struct ReplicaBound {
+    pub stream: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the replica daemon until `shutdown`.
+pub async fn run(
+    config: ReplicaConfig,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<ReplicaBound>>,
+) -> Result<(), RunError> {
+    let dir = config.node.data_dir.join("journal");
+    let journal = crate::open_journal_at(dir).await?;
+    let r = &config.replica;
+    let tls = levee_replica::tls::server_config(&r.cert, &r.key, r.client_ca.as_deref())
+        .map_err(|err| RunError::Replication(err.to_string()))?;
+    let token = match &r.token_file {
+        Some(path) => Some(Token::from_file(path).map_err(|err| {
+            RunError::Replication(format!("token file {}: {err}", path.display()))
+        })?),
+        None => None,
+    };
+    let listener = TcpListener::bind(r.listen)
+        .await
+        .map_err(|source| RunError::Bind {
+            addr: r.listen,
+            source,
+        })?;
+    let mut bound = ReplicaBound {
+        stream: listener.local_addr().unwrap_or(r.listen),
+        metrics: None,
+    };
+    let mut tasks = JoinSet::new();
+    if let Some(addr) = config.metrics.listen {
+        let metrics_listener = crate::metrics::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })?;
+        bound.metrics = metrics_listener.local_addr().ok();
+        let stop = shutdown.clone();
+        let status = replica_status(&config, &journal);
+        tasks.spawn(async move {
+            if let Err(err) = crate::metrics::serve(metrics_listener, stop, status).await {
+                tracing::error!(%err, "metrics endpoint failed");
+            }
+        });
+    } else {
+        crate::metrics::handle();
+    }
+    tracing::info!(listen = %bound.stream, head = journal.head(), "replica ready");
+    let settings = ReceiverSettings {
+        node: config.node.id.clone(),
+        tls: Arc::new(tls),
+        token,
+        idle_timeout: r.idle_timeout,
+    };
+    tasks.spawn(receiver::serve(
+        listener,
+        journal.clone(),
+        settings,
+        shutdown.clone(),
+    ));
+    tasks.spawn(apply::run(
+        journal.clone(),
+        config.apply.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(ready) = ready {
+        let _ = ready.send(bound);
+    }
+    while tasks.join_next().await.is_some() {}
+    if let Err(err) = journal.flush().await {
+        tracing::error!(%err, "final journal flush failed");
+    }
+    Ok(())
+}
+
+/// `GET /status` of `levee replica`.
+fn replica_status(config: &ReplicaConfig, journal: &Journal) -> crate::metrics::StatusFn {
+    let (node, journal) = (config.node.id.clone(), journal.clone());
+    Arc::new(move || {
+        let head = journal.head();
+        let pending = journal
+            .undelivered(usize::MAX)
+            .map(|q| q.len())
+            .unwrap_or(0);
+        let applied = journal
+            .undelivered(1)
+            .ok()
+            .and_then(|q| q.first().map(|(seq, _)| seq - 1))
+            .unwrap_or(head);
+        serde_json::json!({
+            "role": "replica",
+            "node": node,
+            "durable_seq": head,
+            "applied_seq": applied,
+            "apply_pending": pending,
+        })
+    })
+}
+
+/// Opens a journal for status tools (the daemon must be stopped).
+pub fn open_journal(config: &ReplicaConfig) -> Result<Journal, levee_journal::JournalError> {
+    Journal::open(
+        &config.node.data_dir.join("journal"),
+        JournalOptions::default(),
+    )
+}
