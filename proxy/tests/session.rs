@@ -217,6 +217,22 @@ async fn pipelined_transaction_is_relayed_with_xclient_and_journaled() {
             vec!["Subject: t\r\nMessage-ID: <m@x>\r\n\r\n..dot line\r\n.\r\n"]
         );
     }
+    // A second session skips the probing EHLO: XCLIENT support is known by now.
+    let replies = converse(levee.addr, &tx("t2"), 6).await;
+    assert_eq!(replies[4], "250 2.0.0 Ok: queued as L2");
+    {
+        let script = script.lock().unwrap();
+        let count = |prefix: &str| {
+            script
+                .commands
+                .iter()
+                .filter(|c| c.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(count("EHLO levee.test"), 1, "{:?}", script.commands);
+        assert_eq!(count("XCLIENT"), 2, "{:?}", script.commands);
+        assert_eq!(count("EHLO c.test"), 2, "{:?}", script.commands);
+    }
     let (journal, _dir) = levee.stop().await;
     assert_eq!(
         journal.state(1).unwrap().unwrap().status,

@@ -4,7 +4,9 @@
 //! verdict) and by the delivery worker for retries from the journal. Every read is bounded
 //! by the upstream timeout; every failure says it was the upstream that failed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use smtp_proto::response::parser::ResponseReceiver;
@@ -79,14 +81,34 @@ impl Upstream {
         client: &ClientIdentity,
     ) -> Result<Upstream, UpstreamError> {
         let mut upstream = Upstream::dial(addr, connect_timeout, reply_timeout).await?;
-        upstream.hello(our_name).await?;
-        if upstream.xclient && client.addr.is_some() {
-            let reply = upstream.command(xclient_line(client).as_bytes()).await?;
-            if reply.code() != 220 {
-                tracing::warn!(upstream = %addr, reply = %reply, "XCLIENT refused");
+        match (known_xclient(addr), client.addr.is_some()) {
+            // Learnt from an earlier session: skip the probing EHLO (Postfix takes XCLIENT
+            // at any time outside a transaction).
+            (Some(true), true) => {
+                if !upstream.xclient(client).await? {
+                    forget_xclient(addr);
+                }
+            }
+            (Some(false), _) | (Some(true), false) => {}
+            (None, _) => {
+                upstream.hello(our_name).await?;
+                learn_xclient(addr, upstream.xclient);
+                if upstream.xclient && client.addr.is_some() {
+                    upstream.xclient(client).await?;
+                }
             }
         }
         Ok(upstream)
+    }
+
+    /// Passes the client's identity; true when the upstream took it (and now expects EHLO).
+    async fn xclient(&mut self, client: &ClientIdentity) -> Result<bool, UpstreamError> {
+        let reply = self.command(xclient_line(client).as_bytes()).await?;
+        if reply.code() == 220 {
+            return Ok(true);
+        }
+        tracing::warn!(upstream = %self.addr, reply = %reply, "XCLIENT refused");
+        Ok(false)
     }
 
     /// TCP connect and the server's greeting.
@@ -299,6 +321,27 @@ impl Upstream {
         };
         self.rbuf.truncate(start);
         result
+    }
+}
+
+/// What earlier sessions learnt of each upstream's XCLIENT support. A cache of a remote
+/// fact: wrong only until the next session that finds out otherwise.
+static XCLIENT_SUPPORT: Mutex<Option<HashMap<SocketAddr, bool>>> = Mutex::new(None);
+
+fn known_xclient(addr: SocketAddr) -> Option<bool> {
+    let map = XCLIENT_SUPPORT.lock().unwrap_or_else(|p| p.into_inner());
+    map.as_ref().and_then(|m| m.get(&addr).copied())
+}
+
+fn learn_xclient(addr: SocketAddr, offered: bool) {
+    let mut map = XCLIENT_SUPPORT.lock().unwrap_or_else(|p| p.into_inner());
+    map.get_or_insert_with(HashMap::new).insert(addr, offered);
+}
+
+fn forget_xclient(addr: SocketAddr) {
+    let mut map = XCLIENT_SUPPORT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(map) = map.as_mut() {
+        map.remove(&addr);
     }
 }
 
