@@ -1,15 +1,17 @@
 //! `levee demo`: the whole promise on one machine, in under a minute.
 //!
-//! Starts a real Postfix + Dovecot on loopback (installing them with apt-get when asked),
-//! puts levee in front, sends a message through it and shows it in the mailbox; then stops
-//! Postfix, sends again (levee still answers 250, the journal has the message), restarts
-//! Postfix and shows the message delivered from the journal.
+//! Starts two real Postfix + Dovecot sites on loopback (installing them with apt-get when
+//! asked): a primary with levee in front, and a replica with `levee replica` receiving the
+//! journal stream. Sends a message through levee and shows it in the primary mailbox and,
+//! moments later, in the replica's; then stops the primary's Postfix, sends again (levee
+//! still answers 250, the journal has the message), restarts Postfix and shows the message
+//! delivered from the journal, at both sites.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use levee_config::{Config, ConfigFile};
+use levee_config::{Config, ConfigFile, ReplicaConfig};
 use levee_journal::{DeliveryStatus, Journal, JournalOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -37,12 +39,29 @@ pub fn run(install: bool) -> anyhow::Result<()> {
         stack.imap_addr(),
         stack.dir().display()
     );
+    step("starting a replica mail site: its own Postfix + Dovecot");
+    let replica_stack = MailStack::start(StackSpec::new("demo-replica"))?;
     let work = stack.dir().join("levee");
     std::fs::create_dir_all(&work)?;
-    let config = demo_config(&work, &stack)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
+        let replica_dir = replica_stack.dir().join("levee-replica");
+        std::fs::create_dir_all(&replica_dir)?;
+        let (replica_config, link) = replica_config(&replica_dir, &replica_stack)?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let replica_shutdown = CancellationToken::new();
+        let replica = tokio::spawn(crate::standby::run(
+            replica_config,
+            replica_shutdown.clone(),
+            Some(ready_tx),
+        ));
+        let replica_bound = ready_rx.await.context("levee replica did not start")?;
+        step(&format!(
+            "levee replica listening on {}, applying to the replica's Dovecot over LMTP",
+            replica_bound.stream
+        ));
+        let config = demo_config(&work, &stack, &link.with_addr(replica_bound.stream))?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let levee = tokio::spawn(crate::run(config, shutdown.clone(), Some(ready_tx)));
         let bound = ready_rx.await.context("levee did not start")?;
@@ -54,10 +73,16 @@ pub fn run(install: bool) -> anyhow::Result<()> {
 
         step("sending a message through levee to alice@example.test");
         let first = "<demo-1@levee.example>";
+        let sent_at = Instant::now();
         let reply = send(levee_addr, first).await?;
         println!("    levee answered: {}", reply.summary());
         let arrived = wait_for(&stack, first, Duration::from_secs(15)).await?;
         println!("    delivered to alice's INBOX:\n{}", indent(&arrived));
+        wait_for(&replica_stack, first, Duration::from_secs(15)).await?;
+        println!(
+            "    and at the replica site, in alice's INBOX there too {:.0} ms after sending (journal streamed, applied over LMTP)",
+            sent_at.elapsed().as_secs_f64() * 1000.0
+        );
 
         step("the mail server goes down (postfix stopped)");
         stack.stop_postfix()?;
@@ -76,8 +101,12 @@ pub fn run(install: bool) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64(),
             indent(&arrived)
         );
+        wait_for(&replica_stack, second, Duration::from_secs(30)).await?;
+        println!("    the replica site has it as well");
         shutdown.cancel();
         levee.await??;
+        replica_shutdown.cancel();
+        replica.await??;
         anyhow::Ok(())
     })?;
     let journal = Journal::open(&work.join("data/journal"), JournalOptions::default())?;
@@ -108,7 +137,76 @@ pub fn run(install: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(work: &Path, stack: &MailStack) -> anyhow::Result<Config> {
+/// Where the primary streams to, and how it proves itself.
+struct Link {
+    addr: String,
+    ca: std::path::PathBuf,
+    token: std::path::PathBuf,
+}
+
+impl Link {
+    fn with_addr(self, addr: std::net::SocketAddr) -> Link {
+        Link {
+            addr: addr.to_string(),
+            ..self
+        }
+    }
+}
+
+fn replica_config(dir: &Path, stack: &MailStack) -> anyhow::Result<(ReplicaConfig, Link)> {
+    let (cert, key) = crate::tls::write_self_signed(dir, &["replica.levee.demo"])?;
+    let token = dir.join("replication.token");
+    let secret: String = rand::random::<[u8; 24]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_private(&token, &secret)?;
+    let text = format!(
+        r#"
+[node]
+id = "demo-replica"
+data_dir = "{data}"
+
+[replica]
+listen = "127.0.0.1:0"
+cert = "{cert}"
+key = "{key}"
+token_file = "{token}"
+
+[apply]
+lmtp = "{lmtp}"
+local_domains = ["{domain}"]
+retry = "1s"
+"#,
+        data = dir.join("data").display(),
+        cert = cert.display(),
+        key = key.display(),
+        token = token.display(),
+        lmtp = stack.lmtp_addr(),
+        domain = stack.domain(),
+    );
+    std::fs::write(dir.join("replica.toml"), &text)?;
+    let link = Link {
+        addr: String::new(),
+        ca: cert,
+        token,
+    };
+    Ok((ReplicaConfig::from_toml(&text)?, link))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+fn demo_config(work: &Path, stack: &MailStack, link: &Link) -> anyhow::Result<Config> {
     let text = format!(
         r#"
 [node]
@@ -131,7 +229,16 @@ tls = "none"
 [delivery]
 retry_initial = "1s"
 retry_max = "2s"
+
+[replication]
+replica = "{replica}"
+server_name = "replica.levee.demo"
+ca = "{ca}"
+token_file = "{token}"
 "#,
+        replica = link.addr,
+        ca = link.ca.display(),
+        token = link.token.display(),
         data = work.join("data").display(),
         smtp = stack.smtp_addr(),
         submission = stack.submission_addr(),
