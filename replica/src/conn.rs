@@ -53,6 +53,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameConn<S> {
                 // The codec's own refusal: a length prefix over the limit.
                 Err(ConnError::Frame(FrameError::TooLarge))
             }
+            // A peer that vanishes (no TLS close_notify) has simply closed the connection;
+            // whether that lost anything is decided by what was acknowledged, not here.
+            Ok(Some(Err(err))) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(ConnError::Closed)
+            }
             Ok(Some(Err(err))) => Err(err.into()),
             Ok(Some(Ok(bytes))) => Ok(frame::decode(&bytes)?),
         }
