@@ -172,21 +172,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + READ_CHUNK, 0);
-        let read = timeout(idle, self.stream.read(&mut self.rbuf[start..])).await;
-        let n = match read {
+        // read_buf fills spare capacity: no zeroing of a fresh chunk on every read.
+        self.rbuf.reserve(READ_CHUNK);
+        let n = match timeout(idle, self.stream.read_buf(&mut self.rbuf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(err)) => {
-                self.rbuf.truncate(start);
-                return Err(err.into());
-            }
-            Err(_) => {
-                self.rbuf.truncate(start);
-                return Err(ConnError::Timeout(idle));
-            }
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => return Err(ConnError::Timeout(idle)),
         };
-        self.rbuf.truncate(start + n);
         if n == 0 {
             return Err(ConnError::Closed);
         }

@@ -304,23 +304,16 @@ impl Upstream {
 
     async fn fill(&mut self) -> Result<(), UpstreamError> {
         let addr = self.addr;
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + 4096, 0);
-        let read = timeout(self.timeout, self.stream.read(&mut self.rbuf[start..])).await;
-        let result = match read {
+        self.rbuf.reserve(4096);
+        match timeout(self.timeout, self.stream.read_buf(&mut self.rbuf)).await {
             Ok(Ok(0)) => Err(UpstreamError::Closed { addr }),
-            Ok(Ok(n)) => {
-                self.rbuf.truncate(start + n);
-                return Ok(());
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(source)) => Err(UpstreamError::Io { addr, source }),
             Err(_) => Err(UpstreamError::Timeout {
                 addr,
                 after: self.timeout,
             }),
-        };
-        self.rbuf.truncate(start);
-        result
+        }
     }
 }
 
