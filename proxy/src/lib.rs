@@ -68,6 +68,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<Bound>>,
 ) -> Result<(), RunError> {
+    // The recorder first: gauges set during start-up must not be lost.
+    metrics::handle();
     let config = Arc::new(config);
     let journal = open_journal(&config).await?;
     let tls = match &config.tls {
@@ -140,8 +142,6 @@ pub async fn run(
                 tracing::error!(%err, "metrics endpoint failed");
             }
         });
-    } else {
-        metrics::handle();
     }
     tasks.spawn(delivery::run(
         journal.clone(),

@@ -67,6 +67,7 @@ impl Replicator {
             heartbeat: config.heartbeat,
         };
         let status = shipper::spawn(journal.clone(), settings, shutdown);
+        metrics::gauge!(rm::SYNC_DEGRADED).set(0.0);
         let gate = (config.mode == ReplicationMode::Sync).then(|| {
             Arc::new(SyncGate {
                 timeout: config.sync_timeout,

@@ -100,6 +100,13 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> ShipperStatus {
     let (tx, rx) = watch::channel(LinkState::default());
+    metrics::gauge!(m::SHIP_CONNECTED).set(0.0);
+    tokio::spawn(report_lag(
+        journal.clone(),
+        rx.clone(),
+        settings.heartbeat,
+        shutdown.clone(),
+    ));
     tokio::spawn(run(journal, settings, tx, shutdown));
     ShipperStatus { state: rx }
 }
@@ -147,16 +154,22 @@ async fn stream_once(
     state: &watch::Sender<LinkState>,
 ) -> Result<(), ShipError> {
     let addr = settings.replica;
-    let tcp = TcpStream::connect(addr)
+    let silence = settings.heartbeat * 5;
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let tcp = tokio::time::timeout(silence, TcpStream::connect(addr))
         .await
+        .map_err(|_| timed_out())
+        .and_then(|connected| connected)
         .map_err(|source| ShipError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
-    let tls = TlsConnector::from(settings.tls.clone())
-        .connect(settings.server_name.clone(), tcp)
+    let handshake =
+        TlsConnector::from(settings.tls.clone()).connect(settings.server_name.clone(), tcp);
+    let tls = tokio::time::timeout(silence, handshake)
         .await
+        .map_err(|_| timed_out())
+        .and_then(|handshake| handshake)
         .map_err(|source| ShipError::Tls { addr, source })?;
     let mut conn = FrameConn::new(tls);
-    let silence = settings.heartbeat * 5;
     conn.send(&Frame::Hello {
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
@@ -192,10 +205,14 @@ async fn stream_once(
         s.acked = s.acked.max(next - 1);
     });
     metrics::gauge!(m::SHIP_CONNECTED).set(1.0);
+    metrics::gauge!(m::SHIP_ACKED).set((next - 1) as f64);
 
     let mut head = journal.watch_head();
     let mut in_flight: VecDeque<Seq> = VecDeque::new();
     let mut ticker = tokio::time::interval(settings.heartbeat);
+    // A replica that stops answering (frozen, or a black-holed link) is dropped after
+    // `silence`, however often we send to it.
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         while in_flight.len() < settings.window && next <= journal.head() {
             let records = batch(journal, next, settings.batch_bytes)?;
@@ -203,14 +220,18 @@ async fn stream_once(
                 break;
             };
             let count = records.len();
-            conn.send(&Frame::Records { records }).await?;
+            send(&mut conn, &Frame::Records { records }, silence).await?;
             metrics::counter!(m::SHIP_RECORDS).increment(count as u64);
             in_flight.push_back(last);
             next = last + 1;
         }
         tokio::select! {
+            _ = tokio::time::sleep_until(last_heard + silence) => {
+                return Err(ShipError::Conn(ConnError::Timeout(silence)));
+            }
             frame = conn.recv(silence) => match frame? {
                 Frame::Ack { seq } => {
+                    last_heard = tokio::time::Instant::now();
                     while in_flight.front().is_some_and(|&s| s <= seq) {
                         in_flight.pop_front();
                     }
@@ -218,7 +239,7 @@ async fn stream_once(
                     metrics::gauge!(m::SHIP_ACKED).set(seq as f64);
                     metrics::gauge!(m::SHIP_LAG_RECORDS).set(journal.head().saturating_sub(seq) as f64);
                 }
-                Frame::Heartbeat { .. } => {}
+                Frame::Heartbeat { .. } => last_heard = tokio::time::Instant::now(),
                 Frame::Refused { reason } => return Err(ShipError::Refused(reason)),
                 other => return Err(ShipError::Protocol(format!("{other:?}").chars().take(80).collect())),
             },
@@ -228,12 +249,41 @@ async fn stream_once(
                 }
             }
             _ = ticker.tick() => {
-                let acked = state.borrow().acked;
-                metrics::gauge!(m::SHIP_LAG_SECONDS).set(lag_seconds(journal, acked));
-                metrics::gauge!(m::SHIP_LAG_RECORDS).set(journal.head().saturating_sub(acked) as f64);
-                conn.send(&Frame::Heartbeat { time_ms: now_ms(), head: journal.head() }).await?;
+                let heartbeat = Frame::Heartbeat { time_ms: now_ms(), head: journal.head() };
+                send(&mut conn, &heartbeat, silence).await?;
             }
         }
+    }
+}
+
+/// Sends one frame, giving up after `limit` (a peer that stopped reading).
+async fn send<S>(conn: &mut FrameConn<S>, frame: &Frame, limit: Duration) -> Result<(), ShipError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, conn.send(frame)).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(ShipError::Conn(ConnError::Timeout(limit))),
+    }
+}
+
+/// Keeps the lag gauges current whether or not the link is up: an outage is exactly when
+/// someone needs to see the lag grow.
+async fn report_lag(
+    journal: Journal,
+    state: watch::Receiver<LinkState>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let acked = state.borrow().acked;
+        metrics::gauge!(m::SHIP_LAG_SECONDS).set(lag_seconds(&journal, acked));
+        metrics::gauge!(m::SHIP_LAG_RECORDS).set(journal.head().saturating_sub(acked) as f64);
     }
 }
 

@@ -115,6 +115,15 @@ async fn apply_pending(
     Ok(progressed)
 }
 
+/// Every record up to this seq has been applied (or parked).
+pub fn applied_through(journal: &Journal) -> Seq {
+    journal
+        .undelivered(1)
+        .ok()
+        .and_then(|q| q.first().map(|(seq, _)| seq - 1))
+        .unwrap_or_else(|| journal.head())
+}
+
 fn is_local(apply: &Apply, rcpt: &str) -> bool {
     let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
     apply
@@ -192,7 +201,9 @@ async fn transfer(
     } else {
         vec![standby.end_body().await?]
     };
-    standby.quit().await;
+    // No QUIT round trip here: the outcome must reach the journal as soon as the standby
+    // has the message (dropping the connection after the final reply loses nothing).
+    drop(standby);
     if let Some(temporary) = verdicts.iter().find(|v| (400..500).contains(&v.code())) {
         // Some recipients may have it already; retrying them is the lesser evil.
         return Ok(Applied::Retry(temporary.summary()));

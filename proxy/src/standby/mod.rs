@@ -30,6 +30,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<ReplicaBound>>,
 ) -> Result<(), RunError> {
+    // The recorder first: gauges set during start-up must not be lost.
+    crate::metrics::handle();
     let dir = config.node.data_dir.join("journal");
     let journal = crate::open_journal_at(dir).await?;
     let r = &config.replica;
@@ -64,10 +66,11 @@ pub async fn run(
                 tracing::error!(%err, "metrics endpoint failed");
             }
         });
-    } else {
-        crate::metrics::handle();
     }
     tracing::info!(listen = %bound.stream, head = journal.head(), "replica ready");
+    metrics::gauge!(levee_replica::metrics::RECV_HEAD).set(journal.head() as f64);
+    metrics::gauge!(levee_replica::metrics::APPLIED_SEQ)
+        .set(apply::applied_through(&journal) as f64);
     let settings = ReceiverSettings {
         node: config.node.id.clone(),
         tls: Arc::new(tls),
@@ -104,11 +107,7 @@ fn replica_status(config: &ReplicaConfig, journal: &Journal) -> crate::metrics::
             .undelivered(usize::MAX)
             .map(|q| q.len())
             .unwrap_or(0);
-        let applied = journal
-            .undelivered(1)
-            .ok()
-            .and_then(|q| q.first().map(|(seq, _)| seq - 1))
-            .unwrap_or(head);
+        let applied = apply::applied_through(&journal);
         serde_json::json!({
             "role": "replica",
             "node": node,
