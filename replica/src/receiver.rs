@@ -125,7 +125,20 @@ async fn session(
     }
     // A raised epoch must survive a crash, or a fenced primary could come back.
     journal.flush().await.map_err(ReceiveError::Journal)?;
-    let _writing = writer.lock().await;
+    // Only one primary writes; another waits a bounded time, then is told why.
+    let Ok(_writing) = tokio::time::timeout(settings.idle_timeout, writer.lock()).await else {
+        let reason = "another primary is streaming to this replica".to_string();
+        let _ = conn
+            .send(&Frame::Refused {
+                reason: reason.clone(),
+            })
+            .await;
+        return Err(ReceiveError::Refused(reason));
+    };
+    let session_epoch = match &hello {
+        Frame::Hello { epoch, .. } => *epoch,
+        _ => 0,
+    };
     let (last_durable, last_chain) = journal.tip();
     conn.send(&Frame::Welcome {
         version: PROTOCOL_VERSION,
@@ -137,7 +150,20 @@ async fn session(
     .await?;
     tracing::info!(from = journal.head() + 1, "primary streaming");
     loop {
-        match conn.recv(settings.idle_timeout).await {
+        let frame = conn.recv(settings.idle_timeout).await;
+        // A newer primary was admitted meanwhile: this one is fenced from now on.
+        let newest = stored_epoch(journal);
+        if newest > session_epoch {
+            let reason = format!("fenced: epoch {session_epoch} is older than {newest}");
+            metrics::counter!(m::RECV_REFUSED).increment(1);
+            let _ = conn
+                .send(&Frame::Refused {
+                    reason: reason.clone(),
+                })
+                .await;
+            return Err(ReceiveError::Refused(reason));
+        }
+        match frame {
             Ok(Frame::Records { records }) => {
                 let count = records.len() as u64;
                 match journal.append_replicated(records).await {
