@@ -193,8 +193,11 @@ impl Session {
             Request::Noop { .. } => conn.reply(&reply::OK),
             Request::Quit => {
                 conn.reply(&reply::BYE);
+                // The client's 221 must not wait for the upstream's: it goes out first, and
+                // the upstream session is closed politely in the background.
+                let _ = conn.flush().await;
                 if let Some(upstream) = self.upstream.take() {
-                    upstream.quit().await;
+                    tokio::spawn(upstream.quit());
                 }
                 return Ok(Some(Next::Close));
             }
