@@ -71,15 +71,9 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Replica { config } => {
-            let config = match ReplicaConfig::load(&config) {
+            let config = match load::<ReplicaConfig>(&config) {
                 Ok(config) => config,
-                Err(err) => {
-                    eprintln!(
-                        "levee: {}: configuration rejected:\n{err}",
-                        config.display()
-                    );
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             init_tracing(&config.log.level, config.log.json);
             block_on_daemon(
@@ -87,15 +81,9 @@ pub fn main() -> ExitCode {
             )
         }
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let config = match load::<Config>(&config) {
                 Ok(config) => config,
-                Err(err) => {
-                    eprintln!(
-                        "levee: {}: configuration rejected:\n{err}",
-                        config.display()
-                    );
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             init_tracing(&config.log.level, config.log.json);
             block_on_daemon(|shutdown| async move { crate::run(config, shutdown, None).await })
@@ -111,6 +99,14 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads a daemon's configuration, or says why not and gives the exit code.
+fn load<T: ConfigFile>(path: &std::path::Path) -> Result<T, ExitCode> {
+    T::load(path).map_err(|err| {
+        eprintln!("levee: {}: configuration rejected:\n{err}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 fn check_config<T: ConfigFile>(file: &std::path::Path, json: bool) -> ExitCode {

@@ -30,6 +30,19 @@ pub struct Ports {
     pub metrics: SocketAddr,
 }
 
+impl Ports {
+    /// Free loopback ports for every listener.
+    fn fresh() -> Ports {
+        let port = || local(free_port().expect("free port"));
+        Ports {
+            relay: port(),
+            submission: port(),
+            submissions: port(),
+            metrics: port(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Running {
     InProcess {
@@ -89,13 +102,7 @@ fn local(port: u16) -> SocketAddr {
 
 impl Levee {
     pub fn start(mode: LeveeMode, dir: &Path, stack: &MailStack, extra: &str) -> Levee {
-        let port = || free_port().expect("free port");
-        let ports = Ports {
-            relay: local(port()),
-            submission: local(port()),
-            submissions: local(port()),
-            metrics: local(port()),
-        };
+        let ports = Ports::fresh();
         let (cert, key) =
             levee_proxy::tls::write_self_signed(dir, &["localhost", "levee.test"]).expect("cert");
         let text = format!(
@@ -173,13 +180,7 @@ listen = "{metrics}"
     /// Starts `levee replica` applying to `stack` over LMTP, with a fresh certificate and
     /// token; the returned link configures a primary to stream to it.
     pub fn start_replica(mode: LeveeMode, dir: &Path, stack: &MailStack) -> (Levee, ReplicaLink) {
-        let port = || free_port().expect("free port");
-        let ports = Ports {
-            relay: local(port()),
-            submission: local(port()),
-            submissions: local(port()),
-            metrics: local(port()),
-        };
+        let ports = Ports::fresh();
         let (cert, key) = levee_proxy::tls::write_self_signed(dir, &["replica.levee.test"])
             .expect("replica cert");
         let token_file = dir.join("replication.token");

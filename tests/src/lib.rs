@@ -37,13 +37,7 @@ impl Site {
 
     /// As [`Site::start`], with levee run as `mode` and `extra` TOML appended to its config.
     pub fn start_with(name: &str, mode: LeveeMode, extra: &str) -> Site {
-        ensure_mail_servers();
-        let stack = MailStack::start(StackSpec::new(name))
-            .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("levee-{name}-"))
-            .tempdir()
-            .expect("temp dir");
+        let (stack, dir) = start_stack(name);
         let levee = Levee::start(mode, dir.path(), &stack, extra);
         Site { stack, levee, dir }
     }
@@ -100,13 +94,7 @@ pub struct ReplicaSite {
 
 impl ReplicaSite {
     pub fn start(name: &str, mode: LeveeMode) -> ReplicaSite {
-        ensure_mail_servers();
-        let stack = MailStack::start(StackSpec::new(name))
-            .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("levee-{name}-"))
-            .tempdir()
-            .expect("temp dir");
+        let (stack, dir) = start_stack(name);
         let (daemon, link) = Levee::start_replica(mode, dir.path(), &stack);
         ReplicaSite {
             stack,
@@ -128,6 +116,18 @@ impl ReplicaSite {
     pub fn wait_for_messages(&self, user: &str, needles: &[String], secs: u64) -> Vec<Vec<u8>> {
         wait_for_messages(&self.stack, user, needles, secs)
     }
+}
+
+/// A fresh mail stack and a directory for the levee beside it.
+fn start_stack(name: &str) -> (MailStack, tempfile::TempDir) {
+    ensure_mail_servers();
+    let stack = MailStack::start(StackSpec::new(name))
+        .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("levee-{name}-"))
+        .tempdir()
+        .expect("temp dir");
+    (stack, dir)
 }
 
 /// Waits until `user`'s Maildir in `stack` holds a message containing each of `needles`,
