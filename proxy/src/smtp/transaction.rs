@@ -183,9 +183,9 @@ impl Session {
             Err(err) => {
                 tracing::error!(%err, "journal append failed; message refused");
                 metrics::counter!(m::MESSAGES_REFUSED, "reason" => "journal").increment(1);
-                if matches!(started, Some(Ok(None))) {
-                    // The upstream holds a body without its final dot: closing the
-                    // connection makes it discard the message.
+                if matches!(started, Some(Ok(None)) | Some(Err(_))) {
+                    // The upstream holds a body without its final dot (closing the
+                    // connection makes it discard the message), or the connection broke.
                     self.upstream = None;
                 }
                 return match err {
