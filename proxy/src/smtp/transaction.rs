@@ -187,6 +187,9 @@ impl Session {
                     // The upstream holds a body without its final dot (closing the
                     // connection makes it discard the message), or the connection broke.
                     self.upstream = None;
+                } else if matches!(started, Some(Ok(Some(_)))) {
+                    // DATA was refused upstream: end its transaction before the next one.
+                    let _ = self.forward(b"RSET\r\n").await;
                 }
                 return match err {
                     JournalError::Full => reply::STORAGE_FULL,
