@@ -205,6 +205,7 @@ impl Session {
         // In sync replication mode the 250 also waits (bounded) for the replica's ack; the
         // upstream's final dot goes out meanwhile.
         let replicator = self.shared.replicator.clone();
+        let data_refused = matches!(started, Some(Ok(Some(_))));
         let upstream = self.upstream.as_mut();
         let (outcome, _) = tokio::join!(
             async {
@@ -221,6 +222,10 @@ impl Session {
                 }
             }
         );
+        if data_refused {
+            // DATA itself was refused: end the upstream transaction before the next one.
+            let _ = self.forward(b"RSET\r\n").await;
+        }
         match outcome {
             Some(Ok(verdict)) if verdict.is_positive() => {
                 self.record_state(seq, DeliveryStatus::Delivered, &verdict);
