@@ -96,14 +96,8 @@ pub fn check(config: &Config) -> Vec<Problem> {
         }
     }
     if let Some(tls) = &config.tls {
-        for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
-            if !path.is_file() {
-                push(
-                    key.into(),
-                    format!("{} is not a readable file", path.display()),
-                );
-            }
-        }
+        file_exists(&mut push, "tls.cert", Some(&tls.cert));
+        file_exists(&mut push, "tls.key", Some(&tls.key));
     }
     if let Some(metrics) = config.metrics.listen
         && smtp.listen.iter().any(|l| l.addr == metrics)

@@ -4,74 +4,25 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// Why TLS material could not be used. The key's content never appears in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("tls: cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("tls: {0}")]
+    Material(#[from] levee_replica::tls::TlsError),
     #[error("tls: cannot write {path}: {source}")]
     Write {
         path: String,
         source: std::io::Error,
     },
-    #[error("tls: {path} holds no certificate")]
-    NoCertificate { path: String },
-    #[error("tls: {path} holds no private key")]
-    NoKey { path: String },
-    #[error("tls: certificate and key do not form a usable pair: {0}")]
-    Config(#[from] rustls::Error),
     #[error("tls: cannot generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
 }
 
-/// Builds an acceptor from PEM files.
+/// Builds an acceptor from PEM files (the same loader as the replication link's).
 pub fn acceptor_from_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Read {
-            path: cert.display().to_string(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: cert.display().to_string(),
-        });
-    }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: key.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey {
-            path: key.display().to_string(),
-        })?;
-    acceptor(certs, key_der)
-}
-
-fn acceptor(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<TlsAcceptor, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let config = levee_replica::tls::server_config(cert, key, None)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -125,7 +76,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_self_signed(dir.path(), &["localhost"]).unwrap();
         match acceptor_from_files(&key, &cert) {
-            Err(TlsError::NoCertificate { .. }) => {}
+            Err(TlsError::Material(levee_replica::tls::TlsError::NoCertificate { .. })) => {}
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("a key file was accepted as a certificate"),
         }

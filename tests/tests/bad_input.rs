@@ -5,8 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use levee_tests::clients::{Security, smtp_send};
-use levee_tests::{Site, message_file, sample_message};
+use levee_tests::{Site, send_sample};
 
 /// A raw SMTP client that reads whole replies.
 struct Raw {
@@ -72,18 +71,11 @@ fn begin(addr: SocketAddr) -> Raw {
 }
 
 fn still_serves(site: &Site, tag: &str) {
-    let file = message_file(
+    let verdict = send_sample(
         site.dir.path(),
-        &format!("{tag}.eml"),
-        &sample_message(&format!("{tag}@example.org"), "alice@example.test"),
-    );
-    let verdict = smtp_send(
         site.levee.ports.relay,
-        Security::Plain,
-        None,
-        "bob@example.org",
-        &["alice@example.test"],
-        &file,
+        &format!("{tag}@example.org"),
+        "alice@example.test",
     );
     assert_eq!(
         verdict["code"], 250,

@@ -1,0 +1,218 @@
+//! Shared by the replication fault tests: load with acknowledged Message-IDs, waits on
+//! both daemons' `/status`, journal and mailbox comparisons.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unused_imports)]
+
+pub use std::collections::{HashMap, HashSet};
+pub use std::io::{BufRead, BufReader};
+pub use std::process::{Command, Stdio};
+pub use std::sync::{Mutex, MutexGuard};
+pub use std::time::{Duration, Instant};
+
+pub use levee_journal::{Journal, Record, RecordKind};
+pub use levee_proxy::mailstack::MailStack;
+pub use levee_tests::{Levee, LeveeMode, ReplicaSite, Site, send_sample, tail};
+pub use serde_json::Value;
+
+pub const RCPT: &str = "alice@example.test";
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    pub acked: Vec<String>,
+    pub errors: usize,
+}
+
+/// Runs smtp_load.py against `port` (`threads` × `count` messages to alice). `on_ack(n)` runs
+/// after the n-th acknowledgement (1-based) and may stop, kill or restart daemons meanwhile.
+pub fn load(
+    port: u16,
+    prefix: &str,
+    threads: u32,
+    count: u32,
+    mut on_ack: impl FnMut(usize),
+) -> LoadOutcome {
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/smtp_load.py"))
+        .args(["--port", &port.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--count", &count.to_string(), "--seconds", "60"])
+        .args(["--to", RCPT, "--prefix", prefix])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut outcome = LoadOutcome::default();
+    let started = Instant::now();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("load output");
+        if let Some(id) = line.strip_prefix("ACK ") {
+            outcome.acked.push(id.to_string());
+            on_ack(outcome.acked.len());
+        } else if line.starts_with("ERR ") {
+            outcome.errors += 1;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "load stalled");
+    }
+    let status = child.wait().expect("load exit");
+    assert!(status.success(), "smtp_load.py failed: {status}");
+    outcome
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or panics after `secs` with `what`
+/// and the `context` it computes then.
+pub fn wait_until<T>(
+    secs: u64,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not within {secs} s\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn u64_at(value: &Value, pointer: &str) -> u64 {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{pointer} is not a number in {value}"))
+}
+
+/// Both daemons' `/status` and log tails, for failure messages.
+pub fn describe(primary: &Levee, replica: &Levee) -> String {
+    let status = |levee: &Levee| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| levee.status().to_string()))
+            .unwrap_or_else(|_| "(no /status)".into())
+    };
+    format!(
+        "primary /status: {}\nreplica /status: {}\nprimary log tail:\n{}\nreplica log tail:\n{}",
+        status(primary),
+        status(replica),
+        tail(&primary.log(), 15),
+        tail(&replica.log(), 15)
+    )
+}
+
+/// Waits until the replica holds and has applied everything the primary journaled, and the
+/// primary has seen the replica's ack for it; returns that head.
+pub fn wait_caught_up(primary: &Levee, replica: &Levee, secs: u64) -> u64 {
+    wait_until(
+        secs,
+        "replica caught up with the primary",
+        || {
+            let p = primary.status();
+            let r = replica.status();
+            let head = u64_at(&p, "/journal_head");
+            let done = head > 0
+                && u64_at(&p, "/replication/acked_seq") == head
+                && u64_at(&r, "/durable_seq") == head
+                && u64_at(&r, "/applied_seq") == head;
+            done.then_some(head)
+        },
+        || describe(primary, replica),
+    )
+}
+
+pub fn wait_connected(primary: &Levee, replica: &Levee, connected: bool, secs: u64) {
+    wait_until(
+        secs,
+        &format!("primary reports replication.connected = {connected}"),
+        || (primary.status()["replication"]["connected"] == connected).then_some(()),
+        || describe(primary, replica),
+    );
+}
+
+/// The Message-ID of a stored message (the first `Message-ID: <…>` header).
+pub fn message_id(message: &[u8]) -> Option<String> {
+    let needle = b"message-id: <";
+    let start = message
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))?
+        + needle.len();
+    let end = start + message[start..].iter().position(|&b| b == b'>')?;
+    Some(String::from_utf8_lossy(&message[start..end]).into_owned())
+}
+
+/// How many times each Message-ID is in `user`'s INBOX.
+pub fn inbox_counts(stack: &MailStack, user: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for message in stack.inbox_messages(user).expect("read maildir") {
+        let id = message_id(&message).unwrap_or_else(|| "<no Message-ID>".into());
+        *counts.entry(id).or_insert(0) += 1;
+    }
+    counts
+}
+
+pub fn message_ids(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RecordKind::Message(m) => Some(m.message_id.clone().unwrap_or_default()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The replica journal is the primary's, record for record: same head, no gap, same chain,
+/// and both verify. Returns the records.
+pub fn assert_same_journal(source: &Journal, copy: &Journal) -> Vec<Record> {
+    let theirs = source
+        .read_from(1, usize::MAX)
+        .expect("read primary journal");
+    let ours = copy.read_from(1, usize::MAX).expect("read replica journal");
+    assert_eq!(copy.head(), source.head(), "replica head != primary head");
+    assert_eq!(copy.last_chain(), source.last_chain(), "chain ends differ");
+    assert_eq!(ours.len() as u64, copy.head(), "replica journal has a gap");
+    for (i, (a, b)) in theirs.iter().zip(ours.iter()).enumerate() {
+        assert_eq!(b.seq, i as u64 + 1, "replica journal is not 1..=head");
+        assert_eq!(a, b, "replica record {} differs from the primary's", a.seq);
+    }
+    let report = source.verify().expect("verify primary");
+    assert!(report.first_broken.is_none(), "primary chain: {report:?}");
+    let report = copy.verify().expect("verify replica");
+    assert!(report.first_broken.is_none(), "replica chain: {report:?}");
+    ours
+}
+
+/// IDs not exactly once in `counts`: (missing, duplicated with their count).
+pub fn exactly_once(ids: &[String], counts: &HashMap<String, usize>) -> (Vec<String>, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut duplicated = Vec::new();
+    for id in ids {
+        match counts.get(id).copied().unwrap_or(0) {
+            0 => missing.push(id.clone()),
+            1 => {}
+            n => duplicated.push(format!("{id} ×{n}")),
+        }
+    }
+    duplicated.sort();
+    (missing, duplicated)
+}
+
+/// Sends one sample message and times it (python start-up included).
+pub fn timed_send(site: &Site, id: &str) -> (Value, Duration) {
+    let started = Instant::now();
+    let verdict = send_sample(site.dir.path(), site.levee.ports.relay, id, RCPT);
+    (verdict, started.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. The replica daemon stopped under load, then restarted.
+// ---------------------------------------------------------------------------------------
