@@ -142,6 +142,12 @@ pub struct Smtp {
     pub upstream_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Idle upstream sessions kept per upstream for the next client (taken over with
+    /// XCLIENT, so only for upstreams that offer it); 0 opens a new one per client.
+    pub upstream_pool: usize,
+    /// How long a pooled upstream session may stay idle before levee closes it.
+    #[serde(with = "humantime_serde")]
+    pub upstream_idle: Duration,
     /// How long sessions may finish their transaction after shutdown begins.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -163,6 +169,8 @@ impl Default for Smtp {
             data_timeout: Duration::from_secs(600),
             upstream_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            upstream_pool: 32,
+            upstream_idle: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -33,6 +33,7 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::smtp::pool::UpstreamPool;
 use crate::smtp::{ListenerInfo, SmtpShared};
 
 /// Why levee could not start or had to stop.
@@ -97,6 +98,7 @@ pub async fn run(
         tls,
         shutdown: shutdown.clone(),
         delivery: wake.clone(),
+        upstreams: UpstreamPool::new(config.smtp.upstream_pool, config.smtp.upstream_idle),
     });
 
     let mut tasks = JoinSet::new();
@@ -143,6 +145,7 @@ pub async fn run(
             }
         });
     }
+    tasks.spawn(sweep_upstreams(shared.clone()));
     tasks.spawn(delivery::run(
         journal.clone(),
         config.clone(),
@@ -161,6 +164,20 @@ pub async fn run(
     }
     tracing::info!("levee stopped");
     Ok(())
+}
+
+/// Closes pooled upstream sessions that sat idle too long, and all of them at shutdown.
+async fn sweep_upstreams(shared: Arc<SmtpShared>) {
+    let mut tick = tokio::time::interval(shared.upstreams.sweep_interval());
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                shared.upstreams.sweep(false);
+            }
+        }
+    }
+    shared.upstreams.sweep(true);
 }
 
 /// `GET /status` of `levee run`.

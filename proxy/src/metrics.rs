@@ -20,6 +20,7 @@ pub const MESSAGES_REFUSED: &str = "levee_messages_refused_total";
 pub const MESSAGES_FAILED: &str = "levee_messages_failed_total";
 pub const MESSAGE_BYTES: &str = "levee_message_bytes_total";
 pub const UPSTREAM_FAILURES: &str = "levee_upstream_failures_total";
+pub const UPSTREAM_REUSED: &str = "levee_upstream_reused_total";
 pub const TLS_FAILURES: &str = "levee_tls_failures_total";
 pub const SMTP_PROTOCOL_ERRORS: &str = "levee_smtp_protocol_errors_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
@@ -43,6 +44,10 @@ fn describe() {
     );
     describe_counter!(MESSAGE_BYTES, Unit::Bytes, "Message bytes accepted");
     describe_counter!(UPSTREAM_FAILURES, "Upstream connections that failed");
+    describe_counter!(
+        UPSTREAM_REUSED,
+        "Client sessions served over a pooled upstream connection"
+    );
     describe_counter!(TLS_FAILURES, "Client TLS handshakes that failed");
     describe_counter!(SMTP_PROTOCOL_ERRORS, "SMTP commands refused as malformed");
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");

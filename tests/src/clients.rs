@@ -42,9 +42,23 @@ pub fn smtp_send(
     to: &[&str],
     message: &Path,
 ) -> Value {
+    smtp_send_as("client.test", addr, security, login, from, to, message)
+}
+
+/// [`smtp_send`] with the client's EHLO name.
+pub fn smtp_send_as(
+    helo: &str,
+    addr: SocketAddr,
+    security: Security,
+    login: Option<(&str, &str)>,
+    from: &str,
+    to: &[&str],
+    message: &Path,
+) -> Value {
     let mut command = Command::new("python3");
     command
         .arg(script("smtp_send.py"))
+        .args(["--helo", helo])
         .args([
             "--host",
             &addr.ip().to_string(),

@@ -61,6 +61,10 @@ impl Session {
         let mut login = (mechanism == AUTH_PLAIN && !initial.is_empty())
             .then(|| plain_login(initial))
             .flatten();
+        // An upstream session that saw AUTH is never handed to another client.
+        if let Some(upstream) = self.upstream.as_mut() {
+            upstream.forbid_reuse();
+        }
         let mut verdict = self.forward(line).await;
         let limits = &self.shared.config.smtp;
         let (max_line, idle) = (limits.max_line_length, limits.command_timeout);

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod connection;
+pub mod pool;
 pub mod reply;
 pub mod session;
 mod transaction;
@@ -41,6 +42,8 @@ pub struct SmtpShared {
     pub delivery: Arc<Notify>,
     /// The journal stream to the replica site, when configured.
     pub replicator: Option<crate::replication::Replicator>,
+    /// Idle upstream sessions handed from one client session to the next.
+    pub upstreams: pool::UpstreamPool,
 }
 
 impl std::fmt::Debug for SmtpShared {

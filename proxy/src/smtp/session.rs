@@ -59,6 +59,12 @@ impl Drop for Session {
         if let Some(pending) = self.pending.take() {
             pending.abort();
         }
+        // A client that vanished between transactions leaves a reusable upstream session.
+        if let Some(upstream) = self.upstream.take()
+            && self.tx.is_none()
+        {
+            self.shared.upstreams.put(upstream);
+        }
     }
 }
 
@@ -93,13 +99,13 @@ impl Session {
             helo: None,
             login: None,
         };
-        let (connect, reply, name) = (
-            config.smtp.connect_timeout,
-            config.smtp.upstream_timeout,
-            config.smtp.hostname.clone(),
-        );
+        let (connect, reply) = (config.smtp.connect_timeout, config.smtp.upstream_timeout);
+        let shared = self.shared.clone();
         self.pending = Some(tokio::spawn(async move {
-            Upstream::connect(addr, connect, reply, &name, &identity).await
+            let name = &shared.config.smtp.hostname;
+            (shared.upstreams)
+                .checkout(addr, connect, reply, name, &identity)
+                .await
         }));
     }
 
@@ -193,12 +199,11 @@ impl Session {
             Request::Noop { .. } => conn.reply(&reply::OK),
             Request::Quit => {
                 conn.reply(&reply::BYE);
-                // The client's 221 must not wait for the upstream's: it goes out first, and
-                // the upstream session is closed politely in the background.
+                // The client's 221 must not wait for the upstream: it goes out first, then
+                // the upstream session waits for the next client or is closed politely in
+                // the background.
                 let _ = conn.flush().await;
-                if let Some(upstream) = self.upstream.take() {
-                    tokio::spawn(upstream.quit());
-                }
+                self.release_upstream();
                 return Ok(Some(Next::Close));
             }
             Request::Vrfy { .. } => conn.reply(&reply::VRFY),
@@ -342,6 +347,19 @@ impl Session {
                 self.upstream = None;
                 None
             }
+        }
+    }
+
+    /// Gives the upstream session back to the pool, or closes it when it may not be
+    /// reused.
+    fn release_upstream(&mut self) {
+        let Some(upstream) = self.upstream.take() else {
+            return;
+        };
+        if self.tx.is_none() && upstream.reusable(super::pool::MAX_USES) {
+            self.shared.upstreams.put(upstream);
+        } else {
+            tokio::spawn(upstream.quit());
         }
     }
 

@@ -66,6 +66,13 @@ pub struct Upstream {
     /// smtp-proto does not model XCLIENT (a Postfix extension), so it is read off the raw
     /// EHLO lines.
     xclient: bool,
+    /// The upstream took the current client's identity with XCLIENT.
+    identity_passed: bool,
+    /// Client sessions this connection has served, the current one included.
+    uses: u32,
+    /// Nothing happened that the upstream might hold against the next client on this
+    /// connection: no error reply, no AUTH.
+    clean: bool,
 }
 
 impl Upstream {
@@ -103,12 +110,36 @@ impl Upstream {
 
     /// Passes the client's identity; true when the upstream took it (and now expects EHLO).
     async fn xclient(&mut self, client: &ClientIdentity) -> Result<bool, UpstreamError> {
+        self.identity_passed = false;
         let reply = self.command(xclient_line(client).as_bytes()).await?;
         if reply.code() == 220 {
+            self.identity_passed = true;
             return Ok(true);
         }
         tracing::warn!(upstream = %self.addr, reply = %reply, "XCLIENT refused");
         Ok(false)
+    }
+
+    /// Starts serving a new client on this (pooled) connection: XCLIENT with its identity
+    /// resets the upstream's session as if the client had just connected. False when the
+    /// upstream refused; an error when the connection is gone.
+    pub(super) async fn hand_over(
+        &mut self,
+        client: &ClientIdentity,
+    ) -> Result<bool, UpstreamError> {
+        self.uses += 1;
+        self.xclient(client).await
+    }
+
+    /// Whether a later client session may take this connection over (see [`super::pool`]).
+    pub(super) fn reusable(&self, max_uses: u32) -> bool {
+        self.clean && self.identity_passed && self.uses < max_uses && self.rbuf.is_empty()
+    }
+
+    /// Marks the connection as carrying state of this client that must not pass to
+    /// another one (an authenticated identity, for one).
+    pub(super) fn forbid_reuse(&mut self) {
+        self.clean = false;
     }
 
     /// TCP connect and the server's greeting.
@@ -135,6 +166,9 @@ impl Upstream {
             timeout: reply_timeout,
             ehlo: EhloResponse::new(String::new()),
             xclient: false,
+            identity_passed: false,
+            uses: 1,
+            clean: true,
         };
         upstream.expect_greeting().await?;
         Ok(upstream)
@@ -170,6 +204,11 @@ impl Upstream {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// levee's end of the connection (tells one connection from another).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.stream.local_addr().ok()
     }
 
     /// The upstream's EHLO capabilities.
@@ -278,6 +317,9 @@ impl Upstream {
     async fn read_reply(&mut self) -> Result<Reply, UpstreamError> {
         let raw = self.read_raw_reply().await?;
         let code = reply_code(&raw).ok_or(UpstreamError::Protocol { addr: self.addr })?;
+        if code >= 400 {
+            self.clean = false;
+        }
         Ok(Reply::Relayed { code, raw })
     }
 
