@@ -13,6 +13,7 @@ pub const SYNC_TIMEOUTS: &str = "levee_replication_sync_timeouts_total";
 pub const RECV_RECORDS: &str = "levee_replica_records_received_total";
 pub const RECV_REJECTED: &str = "levee_replica_batches_rejected_total";
 pub const RECV_REFUSED: &str = "levee_replica_sessions_refused_total";
+pub const RECV_SESSION_ERRORS: &str = "levee_replica_session_errors_total";
 pub const RECV_HEAD: &str = "levee_replica_durable_seq";
 pub const APPLIED_SEQ: &str = "levee_replica_applied_seq";
 pub const APPLY_PARKED: &str = "levee_replica_parked_total";
@@ -50,6 +51,10 @@ pub fn describe() {
     describe_counter!(
         RECV_REFUSED,
         "Primary sessions refused (auth, version, epoch)"
+    );
+    describe_counter!(
+        RECV_SESSION_ERRORS,
+        "Primary sessions that ended in an error (TLS, framing, I/O, rejected batch)"
     );
     describe_gauge!(RECV_HEAD, "Highest seq durable at the replica");
     describe_gauge!(

@@ -90,7 +90,10 @@ pub async fn serve(
                 };
                 match result {
                     Ok(()) => tracing::info!("primary disconnected"),
-                    Err(err) => tracing::warn!(%err, "replication session ended"),
+                    Err(err) => {
+                        metrics::counter!(m::RECV_SESSION_ERRORS).increment(1);
+                        tracing::warn!(%err, "replication session ended");
+                    }
                 }
             }
             .instrument(span),
