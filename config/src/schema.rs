@@ -18,6 +18,8 @@ pub struct Config {
     pub upstream: Upstreams,
     #[serde(default)]
     pub smtp: Smtp,
+    #[serde(default)]
+    pub imap: crate::Imap,
     /// Certificate and key for STARTTLS and implicit TLS towards clients.
     #[serde(default)]
     pub tls: Option<Tls>,
@@ -67,6 +69,10 @@ pub struct Backend {
     /// The submission smtpd (port 587 role). Defaults to `smtp`.
     #[serde(default)]
     pub submission: Option<SocketAddr>,
+    /// The IMAP server (plain IMAP; levee itself speaks TLS to clients). Needed when
+    /// `[imap]` has listeners.
+    #[serde(default)]
+    pub imap: Option<SocketAddr>,
 }
 
 impl Backend {

@@ -49,6 +49,39 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    let imap = &config.imap;
+    for (i, listener) in imap.listen.iter().enumerate() {
+        if !seen.insert(listener.addr) {
+            push(
+                format!("imap.listen[{i}].addr"),
+                format!("{} is used by another listener", listener.addr),
+            );
+        }
+        if listener.tls != TlsMode::None && config.tls.is_none() {
+            push(
+                format!("imap.listen[{i}].tls"),
+                "needs a [tls] section with cert and key (or tls = \"none\")".into(),
+            );
+        }
+    }
+    if !imap.listen.is_empty() && config.upstream.primary.imap.is_none() {
+        push(
+            "upstream.primary.imap".into(),
+            "the IMAP server's address is needed for [[imap.listen]]".into(),
+        );
+    }
+    if imap.max_line_length < 1024 {
+        push(
+            "imap.max_line_length".into(),
+            "must be at least 1024 bytes".into(),
+        );
+    }
+    if imap.max_literal < 1024 {
+        push(
+            "imap.max_literal".into(),
+            "must be at least 1024 bytes".into(),
+        );
+    }
     if smtp.max_line_length < 512 {
         push(
             "smtp.max_line_length".into(),
@@ -65,6 +98,7 @@ pub fn check(config: &Config) -> Vec<Problem> {
         ("smtp.max_recipients", smtp.max_recipients),
         ("smtp.max_connections", smtp.max_connections),
         ("delivery.workers", config.delivery.workers),
+        ("imap.max_connections", config.imap.max_connections),
     ] {
         if value == 0 {
             push(key.into(), "must be at least 1".into());
@@ -76,6 +110,9 @@ pub fn check(config: &Config) -> Vec<Problem> {
         ("smtp.upstream_timeout", smtp.upstream_timeout),
         ("smtp.connect_timeout", smtp.connect_timeout),
         ("delivery.retry_initial", config.delivery.retry_initial),
+        ("imap.login_timeout", config.imap.login_timeout),
+        ("imap.idle_timeout", config.imap.idle_timeout),
+        ("imap.connect_timeout", config.imap.connect_timeout),
     ] {
         if value.is_zero() {
             push(key.into(), "must be longer than zero".into());
@@ -185,6 +222,44 @@ pub fn check_replica(config: &ReplicaConfig) -> Vec<Problem> {
             "list the domains delivered at the replica".into(),
         );
     }
+    if apply.hostname.is_empty() || !apply.hostname.chars().all(|c| c.is_ascii_graphic()) {
+        push(
+            "apply.hostname".into(),
+            "must be a host name without spaces (it goes into LHLO and a Received header)".into(),
+        );
+    }
+    let dedupe_keys = [
+        apply.imap.is_some(),
+        apply.master_user.is_some(),
+        apply.master_password_file.is_some(),
+    ];
+    if dedupe_keys.contains(&true) && dedupe_keys.contains(&false) {
+        push(
+            "apply.imap".into(),
+            "imap, master_user and master_password_file go together (the duplicate check)".into(),
+        );
+    }
+    if apply.imap.is_some() && apply.lmtp.is_none() {
+        push(
+            "apply.imap".into(),
+            "the duplicate check needs lmtp: over SMTP a message may wait in the standby's queue, \
+             where IMAP cannot see it"
+                .into(),
+        );
+    }
+    if let Some(user) = &apply.master_user
+        && (user.is_empty() || user.contains(['\0', '\r', '\n']))
+    {
+        push(
+            "apply.master_user".into(),
+            "must be a non-empty user name".into(),
+        );
+    }
+    file_exists(
+        &mut push,
+        "apply.master_password_file",
+        apply.master_password_file.as_ref(),
+    );
     check_log(&mut push, &config.log.level);
     problems
 }

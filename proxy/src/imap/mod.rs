@@ -1,0 +1,3 @@
+pub mod caps;
+pub mod framing;
+pub mod responses;
