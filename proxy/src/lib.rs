@@ -60,6 +60,7 @@ pub enum RunError {
 #[derive(Debug, Clone)]
 pub struct Bound {
     pub smtp: Vec<SocketAddr>,
+    pub imap: Vec<SocketAddr>,
     pub metrics: Option<SocketAddr>,
 }
 
@@ -105,6 +106,7 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let mut bound = Bound {
         smtp: Vec::new(),
+        imap: Vec::new(),
         metrics: None,
     };
     let slots = Arc::new(Semaphore::new(config.smtp.max_connections));
@@ -131,6 +133,32 @@ pub async fn run(
             info,
             shared.clone(),
             slots.clone(),
+        ));
+    }
+    let imap = Arc::new(imap::ImapShared {
+        config: config.clone(),
+        tls: shared.tls.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let imap_slots = Arc::new(Semaphore::new(config.imap.max_connections));
+    for spec in &config.imap.listen {
+        let listener = TcpListener::bind(spec.addr)
+            .await
+            .map_err(|source| RunError::Bind {
+                addr: spec.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| RunError::Bind {
+            addr: spec.addr,
+            source,
+        })?;
+        bound.imap.push(addr);
+        tracing::info!(listener = %addr, tls = ?spec.tls, "listening for IMAP");
+        tasks.spawn(imap::serve_listener(
+            listener,
+            spec.clone(),
+            imap.clone(),
+            imap_slots.clone(),
         ));
     }
     if let Some(addr) = config.metrics.listen {

@@ -23,6 +23,7 @@ pub const UPSTREAM_FAILURES: &str = "levee_upstream_failures_total";
 pub const UPSTREAM_REUSED: &str = "levee_upstream_reused_total";
 pub const TLS_FAILURES: &str = "levee_tls_failures_total";
 pub const SMTP_PROTOCOL_ERRORS: &str = "levee_smtp_protocol_errors_total";
+pub const IMAP_PROTOCOL_ERRORS: &str = "levee_imap_protocol_errors_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
 
 fn describe() {
@@ -50,6 +51,10 @@ fn describe() {
     );
     describe_counter!(TLS_FAILURES, "Client TLS handshakes that failed");
     describe_counter!(SMTP_PROTOCOL_ERRORS, "SMTP commands refused as malformed");
+    describe_counter!(
+        IMAP_PROTOCOL_ERRORS,
+        "IMAP sessions ended for protocol abuse (over-long lines, STARTTLS injection)"
+    );
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
     levee_journal::metrics::describe();
     levee_replica::metrics::describe();

@@ -1,3 +1,183 @@
+//! The IMAP front: listeners, and one task per client session, each with its own
+//! connection to the IMAP server.
+//!
+//! levee terminates TLS (STARTTLS or implicit) and speaks plain IMAP to the server behind
+//! it; everything between login and logout passes through byte for byte, read on the way
+//! by [`session::Session`].
+
 pub mod caps;
 pub mod framing;
 pub mod responses;
+pub mod session;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use levee_config::{Config, ImapListener, TlsMode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::session::{Next, Session};
+use crate::metrics as m;
+
+/// What every IMAP session shares.
+pub struct ImapShared {
+    pub config: Arc<Config>,
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ImapShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapShared")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts on `listener` until shutdown; returns once every session has ended.
+pub async fn serve_listener(
+    listener: TcpListener,
+    spec: ImapListener,
+    shared: Arc<ImapShared>,
+    slots: Arc<Semaphore>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while sessions.try_join_next().is_some() {}
+        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("session", session = id, %peer, proto = "imap");
+        let shared = shared.clone();
+        let tls = spec.tls;
+        sessions.spawn(
+            async move {
+                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "imap").increment(1.0);
+                metrics::counter!(m::SESSIONS_TOTAL, "proto" => "imap").increment(1);
+                handle(stream, peer, tls, shared).await;
+                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "imap").decrement(1.0);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    // IMAP sessions are long-lived: they have been told BYE; give them a moment to flush.
+    let grace = std::time::Duration::from_secs(5);
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        sessions.shutdown().await;
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<ImapShared>) {
+    let _ = stream.set_nodelay(true);
+    let implicit = tls == TlsMode::Implicit;
+    let upstream = connect_upstream(&shared).await;
+    if implicit {
+        let Some(mut client) = handshake(&shared, stream).await else {
+            return;
+        };
+        match upstream {
+            Some(upstream) => {
+                let mut session = Session::new(shared.clone(), upstream, true);
+                session.serve(&mut client).await;
+            }
+            None => unavailable(&mut client).await,
+        }
+        return;
+    }
+    let mut client = stream;
+    let Some(upstream) = upstream else {
+        unavailable(&mut client).await;
+        return;
+    };
+    let mut session = Session::new(shared.clone(), upstream, false);
+    if session.serve(&mut client).await == Next::StartTls
+        && let Some(mut tls) = handshake(&shared, client).await
+    {
+        session.upgraded();
+        session.serve(&mut tls).await;
+    }
+    tracing::debug!(%peer, "IMAP session ended");
+}
+
+async fn connect_upstream(shared: &ImapShared) -> Option<TcpStream> {
+    let addr = shared.config.upstream.primary.imap?;
+    let limit = shared.config.imap.connect_timeout;
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
+        Ok(Err(err)) => {
+            metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
+            tracing::warn!(%addr, %err, "IMAP server unreachable");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
+            tracing::warn!(%addr, "IMAP server did not answer the connection in time");
+            None
+        }
+    }
+}
+
+async fn unavailable<S: tokio::io::AsyncWrite + Unpin>(client: &mut S) {
+    let _ = client
+        .write_all(b"* BYE [UNAVAILABLE] The mail server is not reachable; try again shortly\r\n")
+        .await;
+    let _ = client.shutdown().await;
+}
+
+/// TLS handshake, bounded by the login timeout.
+async fn handshake(
+    shared: &ImapShared,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = shared.tls.as_ref()?;
+    let limit = shared.config.imap.login_timeout;
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(err)) => {
+            metrics::counter!(m::TLS_FAILURES).increment(1);
+            tracing::info!(%err, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::TLS_FAILURES).increment(1);
+            tracing::info!("TLS handshake timed out");
+            None
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! One IMAP session: the client's messages go to the IMAP server byte for byte, the
+//! server's responses come back streamed, and levee reads just enough of both to keep
+//! [`SessionState`] current.
+//!
+//! Both directions run in one task, with a bounded outbox each way and no blocking write:
+//! a client pushing a large APPEND while the server streams a large FETCH must never
+//! leave the two waiting on each other. A synchronizing literal is granted to the client
+//! by levee itself, and sent upstream only after the server's own "+", which levee takes
+//! out of the response stream ([`Out::GoAhead`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::CommandCodec;
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::CommandBody;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+use super::ImapShared;
+use super::caps::{self, ClientTls};
+use super::framing::{ClientEvent, ClientFramer, ClientMessage};
+use super::responses::{Piece, ResponseScanner};
+use super::state::{SessionState, tagged_status};
+
+/// Bytes waiting in either outbox before levee stops reading from the other side.
+const OUTBOX_LIMIT: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a call to [`Session::serve`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Close,
+    /// The client asked for STARTTLS and got OK: upgrade, then serve again.
+    StartTls,
+}
+
+/// A piece of work for the upstream writer.
+#[derive(Debug)]
+enum Out {
+    Bytes(Vec<u8>, usize),
+    /// Stop until the server's continuation request for the next literal.
+    GoAhead,
+}
+
+/// The upstream half of a session; survives the client's STARTTLS upgrade.
+#[derive(Debug)]
+pub struct Session {
+    shared: Arc<ImapShared>,
+    tls: ClientTls,
+    up_read: OwnedReadHalf,
+    up_write: OwnedWriteHalf,
+    framer: ClientFramer,
+    scanner: ResponseScanner,
+    up_out: VecDeque<Out>,
+    up_out_bytes: usize,
+    state: SessionState,
+    /// The greeting has been relayed (the first response head is the greeting).
+    greeted: bool,
+}
+
+impl Session {
+    pub fn new(shared: Arc<ImapShared>, upstream: TcpStream, encrypted: bool) -> Session {
+        let config = &shared.config.imap;
+        let tls = ClientTls {
+            encrypted,
+            available: shared.tls.is_some(),
+            plaintext_auth: config.allow_plaintext_auth,
+        };
+        let framer = ClientFramer::new(config.max_line_length, config.max_literal);
+        let (up_read, up_write) = upstream.into_split();
+        Session {
+            shared,
+            tls,
+            up_read,
+            up_write,
+            framer,
+            scanner: ResponseScanner::default(),
+            up_out: VecDeque::new(),
+            up_out_bytes: 0,
+            state: SessionState::default(),
+            greeted: false,
+        }
+    }
+
+    /// After a successful TLS handshake with the client.
+    pub fn upgraded(&mut self) {
+        self.tls.encrypted = true;
+    }
+
+    /// Runs the session until it ends or the client starts TLS.
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, client: &mut S) -> Next {
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let mut pump = Pump {
+            client_out: Vec::new(),
+            client_sent: 0,
+            closing: false,
+            next: Next::Close,
+        };
+        self.run(&mut pump, &mut client_read, &mut client_write)
+            .await;
+        // Whatever is left for the client goes out before the session ends or upgrades.
+        let pending = &pump.client_out[pump.client_sent..];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            client_write.write_all(pending).await?;
+            client_write.flush().await
+        })
+        .await;
+        pump.next
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        pump: &mut Pump,
+        client_read: &mut ReadHalf<&mut S>,
+        client_write: &mut WriteHalf<&mut S>,
+    ) {
+        let mut from_client = Vec::with_capacity(READ_CHUNK);
+        let mut from_upstream = Vec::with_capacity(READ_CHUNK);
+        let shutdown = self.shared.shutdown.clone();
+        let mut deadline = self.deadline();
+        while !pump.closing {
+            let up_writable = matches!(self.up_out.front(), Some(Out::Bytes(..)));
+            let client_writable = pump.client_sent < pump.client_out.len();
+            let read_client = self.up_out_bytes < OUTBOX_LIMIT;
+            let read_upstream = pump.client_out.len() - pump.client_sent < OUTBOX_LIMIT;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    pump.say(b"* BYE [UNAVAILABLE] levee is shutting down\r\n");
+                    pump.closing = true;
+                }
+                written = client_write.write(&pump.client_out[pump.client_sent..]), if client_writable => {
+                    match written {
+                        Ok(n) if n > 0 => pump.sent(n),
+                        _ => return,
+                    }
+                }
+                written = self.up_write.write(front_bytes(&self.up_out)), if up_writable => {
+                    match written {
+                        Ok(n) if n > 0 => self.advance_up(n),
+                        _ => {
+                            pump.say(b"* BYE [UNAVAILABLE] mail server connection lost\r\n");
+                            pump.closing = true;
+                        }
+                    }
+                }
+                read = self.up_read.read_buf(&mut from_upstream), if read_upstream => {
+                    match read {
+                        Ok(n) if n > 0 => {
+                            self.scanner.push(&from_upstream);
+                            from_upstream.clear();
+                            self.relay_responses(pump);
+                        }
+                        _ => {
+                            tracing::info!("IMAP server closed the connection");
+                            pump.closing = true;
+                        }
+                    }
+                }
+                read = client_read.read_buf(&mut from_client), if read_client => {
+                    match read {
+                        Ok(n) if n > 0 => {
+                            self.framer.push(&from_client);
+                            from_client.clear();
+                            deadline = self.deadline();
+                            self.take_client_messages(pump);
+                        }
+                        _ => {
+                            tracing::debug!("client went away");
+                            return;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    pump.say(b"* BYE Autologout; idle for too long\r\n");
+                    pump.closing = true;
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        let config = &self.shared.config.imap;
+        let limit = if self.state.logged_in() {
+            config.idle_timeout
+        } else {
+            config.login_timeout
+        };
+        Instant::now() + limit
+    }
+
+    fn advance_up(&mut self, mut n: usize) {
+        self.up_out_bytes = self.up_out_bytes.saturating_sub(n);
+        while n > 0 {
+            let Some(Out::Bytes(bytes, sent)) = self.up_out.front_mut() else {
+                return;
+            };
+            let take = n.min(bytes.len() - *sent);
+            *sent += take;
+            n -= take;
+            if *sent == bytes.len() {
+                self.up_out.pop_front();
+            }
+        }
+    }
+
+    fn send_upstream(&mut self, message: ClientMessage) {
+        self.up_out_bytes += message.bytes.len();
+        let mut start = 0;
+        for point in message.sync_points {
+            self.up_out
+                .push_back(Out::Bytes(message.bytes[start..point].to_vec(), 0));
+            self.up_out.push_back(Out::GoAhead);
+            start = point;
+        }
+        self.up_out
+            .push_back(Out::Bytes(message.bytes[start..].to_vec(), 0));
+    }
+
+    /// Handles what the framer found in the client's bytes.
+    fn take_client_messages(&mut self, pump: &mut Pump) {
+        while !pump.closing {
+            let Some(event) = self.framer.next_event() else {
+                return;
+            };
+            match event {
+                ClientEvent::Message(message) => self.client_message(pump, message),
+                ClientEvent::GoAhead => pump.say(b"+ Ready for literal data\r\n"),
+                ClientEvent::LiteralRefused { tag, length } => {
+                    let max = self.shared.config.imap.max_literal;
+                    pump.say(
+                        format!(
+                            "{} NO [TOOBIG] A literal of {length} bytes is over the limit of {max}\r\n",
+                            tag.as_deref().unwrap_or("*")
+                        )
+                        .as_bytes(),
+                    );
+                }
+                ClientEvent::TooBig { tag } => {
+                    pump.say(
+                        format!(
+                            "{} BAD [TOOBIG] Command too large\r\n",
+                            tag.as_deref().unwrap_or("*")
+                        )
+                        .as_bytes(),
+                    );
+                }
+                ClientEvent::LineTooLong => {
+                    metrics::counter!(crate::metrics::IMAP_PROTOCOL_ERRORS).increment(1);
+                    pump.say(b"* BYE Command line too long\r\n");
+                    pump.closing = true;
+                }
+            }
+        }
+    }
+
+    fn client_message(&mut self, pump: &mut Pump, message: ClientMessage) {
+        // Inside IDLE or an AUTHENTICATE exchange the client sends data lines, not
+        // commands: they go upstream as they are.
+        if self.state.idling.is_some() {
+            self.send_upstream(message);
+            return;
+        }
+        if self.state.auth_continues {
+            self.state.auth_line_sent(&message.bytes);
+            self.send_upstream(message);
+            return;
+        }
+        let decoded = CommandCodec::default().decode(&message.bytes);
+        let command = match decoded {
+            Ok((b"", command)) => command,
+            _ => {
+                // Not levee's to judge: the server answers it (BAD, most likely).
+                let tag = tag_of(&message.bytes);
+                self.state.opaque_sent(tag);
+                self.send_upstream(message);
+                return;
+            }
+        };
+        let tag = command.tag.inner().to_string();
+        match &command.body {
+            CommandBody::StartTLS => {
+                if self.tls.encrypted || !self.tls.available {
+                    pump.say(format!("{tag} BAD STARTTLS is not available now\r\n").as_bytes());
+                } else if self.framer.next_event().is_some()
+                    || self.framer.mid_message()
+                    || self.state.in_flight() > 0
+                {
+                    // Bytes pipelined behind STARTTLS would cross into the TLS session.
+                    metrics::counter!(crate::metrics::IMAP_PROTOCOL_ERRORS).increment(1);
+                    pump.say(b"* BYE Commands pipelined after STARTTLS\r\n");
+                    pump.closing = true;
+                } else {
+                    pump.say(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes());
+                    pump.closing = true;
+                    pump.next = Next::StartTls;
+                }
+                return;
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
+                if !self.tls.login_allowed() =>
+            {
+                pump.say(
+                    format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n")
+                        .as_bytes(),
+                );
+                return;
+            }
+            CommandBody::Authenticate { mechanism, .. }
+                if !mechanism.as_ref().eq_ignore_ascii_case("PLAIN") =>
+            {
+                pump.say(
+                    format!("{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is available\r\n")
+                        .as_bytes(),
+                );
+                return;
+            }
+            CommandBody::Compress { .. } => {
+                pump.say(format!("{tag} NO [CANNOT] COMPRESS is not available\r\n").as_bytes());
+                return;
+            }
+            _ => {}
+        }
+        self.state.command_sent(&command);
+        self.send_upstream(message);
+    }
+
+    /// Relays the server's responses, reading and rewriting their heads as needed.
+    fn relay_responses(&mut self, pump: &mut Pump) {
+        while let Some(piece) = self.scanner.next_piece() {
+            match piece {
+                Piece::Raw(bytes) => pump.say(&bytes),
+                Piece::Head(line) => self.response_head(pump, line),
+            }
+        }
+    }
+
+    fn response_head(&mut self, pump: &mut Pump, line: Vec<u8>) {
+        if line.starts_with(b"+") {
+            if matches!(self.up_out.front(), Some(Out::GoAhead)) {
+                // The server's go-ahead for a literal levee already granted the client.
+                self.up_out.pop_front();
+                return;
+            }
+            self.state.continuation();
+            pump.say(&line);
+            return;
+        }
+        if !self.greeted {
+            self.greeted = true;
+        }
+        if line.len() > 10 && line[..10].eq_ignore_ascii_case(b"* ENABLED ") {
+            self.state.enabled(&String::from_utf8_lossy(&line));
+        } else if let Some((tag, status)) = tagged_status(&line) {
+            let tag = tag.to_string();
+            self.state.completed(&tag, status);
+        }
+        match caps::rewrite_head(&line, self.tls) {
+            Some(rewritten) => pump.say(&rewritten),
+            None => pump.say(&line),
+        }
+    }
+}
+
+/// The client-bound side of a running session.
+struct Pump {
+    client_out: Vec<u8>,
+    client_sent: usize,
+    /// Stop once the client outbox is flushed.
+    closing: bool,
+    next: Next,
+}
+
+impl Pump {
+    fn say(&mut self, bytes: &[u8]) {
+        if self.client_sent > 0 && self.client_sent == self.client_out.len() {
+            self.client_out.clear();
+            self.client_sent = 0;
+        }
+        self.client_out.extend_from_slice(bytes);
+    }
+
+    fn sent(&mut self, n: usize) {
+        self.client_sent += n;
+        if self.client_sent == self.client_out.len() {
+            self.client_out.clear();
+            self.client_sent = 0;
+        }
+    }
+}
+
+fn front_bytes(out: &VecDeque<Out>) -> &[u8] {
+    match out.front() {
+        Some(Out::Bytes(bytes, sent)) => &bytes[*sent..],
+        _ => &[],
+    }
+}
+
+/// The tag a message starts with, when it looks like one.
+fn tag_of(bytes: &[u8]) -> Option<String> {
+    let end = bytes.iter().position(|&b| b == b' ')?;
+    let tag = std::str::from_utf8(&bytes[..end]).ok()?;
+    (!tag.is_empty() && tag != "*" && tag != "+").then(|| tag.to_string())
+}
