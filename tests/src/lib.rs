@@ -6,12 +6,15 @@
 //!   drop (also when a test panics).
 //! - [`levee`]: levee in-process (fast, for most tests) or as a child process (for `kill -9`).
 //! - [`clients`]: the Python clients, returning their JSON verdicts.
+//! - [`load`]: a Rust SMTP load client (exact per-message timestamps) and a kept-alive
+//!   HTTP client for levee's `/metrics` and `/status`, for benchmarks.
 //!
 //! A missing Postfix or Dovecot is a loud failure, never a skip: every test calls
 //! [`Site::start`], which panics with the install command when they are absent.
 
 pub mod clients;
 pub mod levee;
+pub mod load;
 
 use std::path::{Path, PathBuf};
 
