@@ -123,6 +123,25 @@ pub struct Apply {
     pub hostname: String,
     #[serde(default = "default_retry", with = "humantime_serde")]
     pub retry: Duration,
+    /// IMAP address of the standby, for the duplicate check that makes applying
+    /// exactly-once across crashes (with `master_user` and `master_password_file`).
+    /// Without it the applier is at-least-once.
+    #[serde(default)]
+    pub imap: Option<SocketAddr>,
+    /// IMAP master user allowed to read every mailbox (Dovecot `master = yes` passdb),
+    /// used as the SASL PLAIN authentication identity.
+    #[serde(default)]
+    pub master_user: Option<String>,
+    /// File whose first line is the master user's password; never logged.
+    #[serde(default)]
+    pub master_password_file: Option<PathBuf>,
+}
+
+impl Apply {
+    /// Whether the duplicate check is configured (all three keys; validation refuses a part).
+    pub fn dedupe_configured(&self) -> bool {
+        self.imap.is_some() && self.master_user.is_some() && self.master_password_file.is_some()
+    }
 }
 
 fn default_apply_name() -> String {
@@ -130,4 +149,67 @@ fn default_apply_name() -> String {
 }
 fn default_retry() -> Duration {
     Duration::from_secs(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ConfigFile, ReplicaConfig};
+
+    /// A replica file whose key files exist, with `apply` as its `[apply]` body.
+    fn replica_file(dir: &std::path::Path, apply: &str) -> String {
+        for name in ["cert.pem", "key.pem", "token", "master.pw"] {
+            std::fs::write(dir.join(name), "x\n").unwrap();
+        }
+        format!(
+            "[replica]\nlisten = \"127.0.0.1:7400\"\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\
+             token_file = \"{d}/token\"\n\n[apply]\nlocal_domains = [\"example.test\"]\n{apply}\n",
+            d = dir.display()
+        )
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match ReplicaConfig::from_toml(text) {
+            Ok(_) => Vec::new(),
+            Err(err) => err.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn duplicate_check_keys_go_together_and_need_lmtp() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let full = format!(
+            "lmtp = \"127.0.0.1:24\"\nimap = \"127.0.0.1:143\"\nmaster_user = \"m\"\n\
+             master_password_file = \"{d}/master.pw\""
+        );
+        let config = ReplicaConfig::from_toml(&replica_file(dir.path(), &full)).unwrap();
+        assert!(config.apply.dedupe_configured());
+
+        let without =
+            ReplicaConfig::from_toml(&replica_file(dir.path(), "lmtp = \"127.0.0.1:24\"")).unwrap();
+        assert!(!without.apply.dedupe_configured());
+
+        let part = "lmtp = \"127.0.0.1:24\"\nimap = \"127.0.0.1:143\"";
+        let errs = problems(&replica_file(dir.path(), part));
+        assert!(errs.iter().any(|e| e.contains("go together")), "{errs:?}");
+
+        let smtp = full.replace("lmtp", "smtp");
+        let errs = problems(&replica_file(dir.path(), &smtp));
+        assert!(errs.iter().any(|e| e.contains("needs lmtp")), "{errs:?}");
+
+        let missing = full.replace("master.pw", "absent.pw");
+        let errs = problems(&replica_file(dir.path(), &missing));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("apply.master_password_file") && e.contains("line")),
+            "{errs:?}"
+        );
+
+        let spaced = "lmtp = \"127.0.0.1:24\"\nhostname = \"two words\"";
+        let errs = problems(&replica_file(dir.path(), spaced));
+        assert!(
+            errs.iter().any(|e| e.contains("apply.hostname")),
+            "{errs:?}"
+        );
+    }
 }

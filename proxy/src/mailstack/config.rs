@@ -1,5 +1,5 @@
-//! Text of the generated configuration files: `dovecot.conf`, the Dovecot passwd-file, Postfix's
-//! `main.cf`, `master.cf` and the virtual mailbox map.
+//! Text of the generated configuration files: `dovecot.conf`, the Dovecot passwd-files (users
+//! and the master user), Postfix's `main.cf`, `master.cf` and the virtual mailbox map.
 //!
 //! Everything is pure string building so it can be unit tested without root or the packages.
 //! Every path a daemon writes to lives inside the stack's own directory, so two stacks never
@@ -36,6 +36,14 @@ impl Layout {
     }
     pub fn dovecot_passwd(&self) -> PathBuf {
         self.dovecot_dir().join("passwd")
+    }
+    /// Dovecot's master passdb: the one user who may log in as anyone.
+    pub fn dovecot_master_users(&self) -> PathBuf {
+        self.dovecot_dir().join("master-users")
+    }
+    /// The master user's password alone, for a client such as levee's applier.
+    pub fn master_password(&self) -> PathBuf {
+        self.root.join("master.password")
     }
     /// Dovecot `base_dir`: sockets and `master.pid`.
     pub fn dovecot_run(&self) -> PathBuf {
@@ -97,6 +105,15 @@ pub(crate) fn dovecot_passwd(spec: &StackSpec) -> String {
     out
 }
 
+/// Name of the stack's Dovecot master user (it may log in as any user, see
+/// [`dovecot_master_users`]).
+pub(crate) const MASTER_USER: &str = "levee-master";
+
+/// Dovecot's master passdb: `MASTER_USER` with `password`.
+pub(crate) fn dovecot_master_users(password: &str) -> String {
+    format!("{MASTER_USER}:{{PLAIN}}{password}::::::\n")
+}
+
 pub(crate) fn dovecot_conf(spec: &StackSpec, layout: &Layout, ports: &Ports) -> String {
     let name = &spec.name;
     let mut c = format!(
@@ -131,6 +148,16 @@ mail_save_crlf = yes
 default_internal_user = dovecot
 default_login_user = dovenull
 
+# A master user reads any mailbox (levee's replica applier checks for copies it already
+# delivered). Log in with SASL PLAIN, authorization id = the user, or as "user*{master}".
+auth_master_user_separator = *
+passdb {{
+  driver = passwd-file
+  master = yes
+  args = scheme=PLAIN {master_users}
+  # The user logged in as must exist in the passdb below (never a fresh empty mailbox).
+  result_success = continue
+}}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%Ln {passwd}
@@ -154,6 +181,8 @@ service imap-login {{
         log = p(&layout.dovecot_log()),
         domain = spec.domain,
         passwd = p(&layout.dovecot_passwd()),
+        master = MASTER_USER,
+        master_users = p(&layout.dovecot_master_users()),
         mail_root = p(&layout.mail_root()),
         imap = ports.imap,
     );
@@ -391,6 +420,15 @@ mod tests {
         spec.benchmark_mode = true;
         assert!(dovecot_conf(&spec, &layout, &ports).contains("service_count = 0"));
         assert!(dovecot_passwd(&spec).contains("alice:{PLAIN}alice-pw::::::\n"));
+        // The master passdb comes first, is marked as such, and checks that the target exists.
+        let master = conf.find("master = yes").expect("master passdb");
+        assert!(master < conf.find("/dovecot/passwd\n").expect("user passdb"));
+        assert!(conf.contains("args = scheme=PLAIN /tmp/levee-test-stack/dovecot/master-users"));
+        assert!(conf.contains("result_success = continue"));
+        assert_eq!(
+            dovecot_master_users("s3cret"),
+            "levee-master:{PLAIN}s3cret::::::\n"
+        );
         let vmailbox = postfix_vmailbox(&spec);
         assert!(vmailbox.contains("bob@example.test bob/Maildir/\n"));
         assert_eq!(vmailbox.lines().count(), 3);

@@ -232,6 +232,17 @@ impl MailStack {
         Self::addr(self.ports.lmtp)
     }
 
+    /// Dovecot's master user: it may log in as any user (SASL PLAIN with the user as
+    /// authorization id, or `user*levee-master`).
+    pub fn master_user(&self) -> &str {
+        config::MASTER_USER
+    }
+
+    /// A file holding only the master user's password (random per stack, root-only).
+    pub fn master_password_file(&self) -> PathBuf {
+        self.layout.master_password()
+    }
+
     pub fn domain(&self) -> &str {
         &self.spec.domain
     }

@@ -111,7 +111,54 @@ pub(crate) fn write_files(
     // Dovecot's auth process reads the passwd-file as its unprivileged user.
     fs::set_permissions(layout.dovecot_passwd(), fs::Permissions::from_mode(0o644))
         .map_err(MailStackError::io("chmod passwd-file"))?;
+    write_master_user(layout)
+}
+
+/// A fresh random master password, written twice and nowhere else: into Dovecot's master
+/// passdb (readable by Dovecot's auth process only) and alone into a root-only file for the
+/// client that logs in with it.
+fn write_master_user(layout: &Layout) -> Result<(), MailStackError> {
+    let password: String = rand::random::<[u8; 18]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dovecot = process::lookup_id("/etc/group", "dovecot");
+    let files = [
+        (
+            layout.dovecot_master_users(),
+            config::dovecot_master_users(&password),
+            0o640,
+            dovecot,
+        ),
+        (
+            layout.master_password(),
+            format!("{password}\n"),
+            0o600,
+            None,
+        ),
+    ];
+    for (path, text, mode, group) in files {
+        write_private(&path, &text, mode, group)
+            .map_err(MailStackError::io(format!("writing {}", path.display())))?;
+    }
     Ok(())
+}
+
+/// Writes a file that is never readable by anyone but its owner (and `group`), not even
+/// for a moment.
+fn write_private(path: &Path, text: &str, mode: u32, group: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if group.is_some() {
+        std::os::unix::fs::fchown(&file, None, group)?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(text.as_bytes())
 }
 
 /// Every file of `maildir/new` and `maildir/cur`, sorted by file name. An IMAP session may move

@@ -8,111 +8,359 @@
 //! standby refuses permanently is parked (state `Failed`, a metric, an error log), never
 //! dropped silently; a temporary failure stops the applier at that record until it passes,
 //! which keeps the order.
+//!
+//! Each copy carries a trace header naming its record ([`dedupe::trace_id`]). The record
+//! whose outcome the applier may not know (the first after a start, or one whose attempt
+//! failed after its final dot) is checked for at the standby first when `[apply]` has the
+//! IMAP keys ([`dedupe`]); without them, applying is at-least-once. What the applier does
+//! know in memory (recipients that already have a record, or refused it) is never asked
+//! again.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use levee_config::Apply;
-use levee_journal::{DeliveryState, DeliveryStatus, Journal, MessageRecord, RecordKind, Seq};
+use levee_journal::{
+    DeliveryState, DeliveryStatus, Journal, JournalError, MessageRecord, Record, RecordKind, Seq,
+};
 use levee_replica::metrics as rm;
+use time::OffsetDateTime;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::dedupe::{self, Dedupe, SETTLE};
+use super::link::{StandbyLink, Target, Verdict};
 use crate::smtp::now_ms;
-use crate::smtp::reply::Reply;
-use crate::smtp::upstream::{ClientIdentity, Upstream, UpstreamError};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// What one pass over the pending records came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    /// Applied (or parked) at least one record; there may be more.
+    Applied,
+    /// Nothing pending.
+    Idle,
+    /// The next record must wait until then (a retry, or the settle time of its check).
+    Blocked(Instant),
+}
 
-/// How applying one record ended.
-#[derive(Debug)]
-enum Applied {
-    /// Every local recipient has it (or there was none).
-    Done(String),
-    /// The standby refused it for good.
-    Parked(String),
+/// What one attempt at a record came to.
+enum Step {
+    /// Its final state, and a note for it.
+    Finished(DeliveryStatus, String),
     /// Try the same record again later.
     Retry(String),
+    /// Not attempted: its duplicate check may only run then.
+    NotBefore(Instant),
+}
+
+/// What the applier knows of the record it is working on.
+#[derive(Debug)]
+struct Current {
+    seq: Seq,
+    /// Recipients whose outcome is known: delivered (or found at the standby), or refused.
+    settled: BTreeMap<String, Verdict>,
+    /// Since when the standby may hold a copy nobody recorded.
+    unsure_since: Option<Instant>,
+    not_before: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Applier {
+    journal: Journal,
+    apply: Apply,
+    link: StandbyLink,
+    dedupe: Option<Dedupe>,
+    current: Option<Current>,
+    /// Until the first record is tried after a start: the previous run may have been
+    /// killed right after the standby took it.
+    unsure_from_start: Option<Instant>,
+    /// A final state was written but its flush failed: nothing else happens before it.
+    flush_owed: bool,
 }
 
 /// Runs until `shutdown`.
-pub async fn run(journal: Journal, apply: Apply, shutdown: CancellationToken) {
+pub async fn run(
+    journal: Journal,
+    apply: Apply,
+    dedupe: Option<Dedupe>,
+    shutdown: CancellationToken,
+) {
+    let target = match (apply.lmtp, apply.smtp) {
+        (Some(addr), _) => Target::Lmtp(addr),
+        (None, Some(addr)) => Target::Smtp(addr),
+        (None, None) => {
+            tracing::error!("apply: no standby configured (lmtp or smtp); nothing is applied");
+            return;
+        }
+    };
+    if dedupe.is_none() {
+        tracing::warn!(
+            "apply: no duplicate check ([apply] imap, master_user, master_password_file): a \
+             message the standby took just before levee replica died is delivered again \
+             after the restart (at-least-once)"
+        );
+    }
     let mut head = journal.watch_head();
+    let mut applier = Applier {
+        link: StandbyLink::new(target, &apply.hostname),
+        journal,
+        apply,
+        dedupe,
+        current: None,
+        unsure_from_start: Some(Instant::now()),
+        flush_owed: false,
+    };
     loop {
-        let progressed = match apply_pending(&journal, &apply, &shutdown).await {
-            Ok(progressed) => progressed,
+        let pass = match applier.apply_pending(&shutdown).await {
+            Ok(pass) => pass,
             Err(err) => {
                 tracing::error!(%err, "applier cannot use the journal");
-                false
+                Pass::Blocked(Instant::now() + applier.apply.retry)
             }
         };
-        let wait = if progressed {
-            Duration::ZERO
-        } else {
-            apply.retry
+        let wake = match pass {
+            Pass::Applied if !shutdown.is_cancelled() => continue,
+            Pass::Applied => break,
+            // Idle: also look again now and then (a record may have been reset by hand).
+            Pass::Idle => Instant::now() + applier.apply.retry,
+            Pass::Blocked(at) => at,
         };
+        let idle = applier.link.idle_deadline();
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = head.changed(), if !progressed => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => break,
+            _ = head.changed(), if pass == Pass::Idle => {}
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = tokio::time::sleep_until(idle.unwrap_or(wake)), if idle.is_some_and(|at| at < wake) => {
+                applier.link.close().await;
+            }
         }
+    }
+    applier.link.close().await;
+}
+
+impl Applier {
+    /// Applies pending records in order; stops at the first that must wait.
+    async fn apply_pending(&mut self, shutdown: &CancellationToken) -> Result<Pass, JournalError> {
+        if self.flush_owed {
+            self.journal.flush().await?;
+            self.flush_owed = false;
+        }
+        let mut pass = Pass::Idle;
+        for (seq, state) in self.journal.undelivered(256)? {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let Some(record) = self.journal.get(seq)? else {
+                continue;
+            };
+            let RecordKind::Message(message) = &record.kind else {
+                continue;
+            };
+            let local: Vec<&str> = message
+                .rcpt_to
+                .iter()
+                .map(String::as_str)
+                .filter(|r| is_local(&self.apply, r))
+                .collect();
+            let step = if local.is_empty() {
+                Step::Finished(
+                    DeliveryStatus::Delivered,
+                    "no local recipients at the replica".into(),
+                )
+            } else {
+                if let Some(at) = self.current(seq).not_before
+                    && Instant::now() < at
+                {
+                    return Ok(Pass::Blocked(at));
+                }
+                self.attempt(&record, message, &local).await
+            };
+            let (status, note) = match step {
+                Step::Finished(status, note) => (status, note),
+                Step::NotBefore(at) => return Ok(Pass::Blocked(at)),
+                Step::Retry(note) => {
+                    tracing::warn!(seq, %note, "standby delivery failed; will retry this record");
+                    let retry_at = Instant::now() + self.apply.retry;
+                    let checked = self.dedupe.is_some();
+                    let current = self.current(seq);
+                    let at = match current.unsure_since {
+                        Some(since) if checked => retry_at.max(since + SETTLE),
+                        _ => retry_at,
+                    };
+                    current.not_before = Some(at);
+                    let retry = DeliveryState {
+                        status: DeliveryStatus::Pending,
+                        attempts: state.attempts + 1,
+                        next_attempt_ms: now_ms() + self.apply.retry.as_millis() as u64,
+                        last_reply: Some(note),
+                        updated_ms: now_ms(),
+                    };
+                    self.journal.set_state(seq, &retry)?;
+                    return Ok(Pass::Blocked(at));
+                }
+            };
+            if status == DeliveryStatus::Failed {
+                metrics::counter!(rm::APPLY_PARKED).increment(1);
+                tracing::error!(seq, %note, "standby refused the message permanently; parked");
+            }
+            self.journal.set_state(
+                seq,
+                &DeliveryState {
+                    status,
+                    attempts: state.attempts + 1,
+                    next_attempt_ms: 0,
+                    last_reply: Some(note),
+                    updated_ms: now_ms(),
+                },
+            )?;
+            // Only now: had the state not been written, the next pass must still know who
+            // has the record.
+            self.current = None;
+            // Durable before the next record: a restart must not apply this one again, and
+            // only the first record after a start may be one the standby has unrecorded.
+            self.flush_owed = true;
+            self.journal.flush().await?;
+            self.flush_owed = false;
+            metrics::gauge!(rm::APPLIED_SEQ).set(seq as f64);
+            pass = Pass::Applied;
+        }
+        Ok(pass)
+    }
+
+    /// The in-memory state of record `seq`, started afresh for a new record.
+    fn current(&mut self, seq: Seq) -> &mut Current {
+        if self.current.as_ref().is_none_or(|c| c.seq != seq) {
+            self.current = Some(Current {
+                seq,
+                settled: BTreeMap::new(),
+                unsure_since: self.unsure_from_start.take(),
+                not_before: None,
+            });
+        }
+        self.current.as_mut().expect("just set")
+    }
+
+    /// One attempt at a record with local recipients: the duplicate check if its outcome
+    /// is unknown, then delivery to whoever does not have it yet.
+    async fn attempt(&mut self, record: &Record, message: &MessageRecord, local: &[&str]) -> Step {
+        let seq = record.seq;
+        let id = dedupe::trace_id(seq, &record.chain);
+        let unsure = self.current(seq).unsure_since;
+        if let (Some(since), Some(dedupe)) = (unsure, &self.dedupe) {
+            if Instant::now() < since + SETTLE {
+                return Step::NotBefore(since + SETTLE);
+            }
+            let Some(criteria) = dedupe::search_criteria(&id, record.time_ms) else {
+                return Step::Retry(format!("no search for trace id {id}"));
+            };
+            let current = self.current.as_mut().expect("set above");
+            let unsettled: Vec<&str> = local
+                .iter()
+                .copied()
+                .filter(|r| !current.settled.contains_key(*r))
+                .collect();
+            // Only a recipient the standby takes can hold a copy (and has a mailbox to
+            // look into): ask the standby first.
+            let verdicts = match self.link.probe(&message.mail_from, &unsettled).await {
+                Ok(verdicts) => verdicts,
+                Err(err) => return Step::Retry(format!("record {seq}: {err}")),
+            };
+            let mut accepted = Vec::with_capacity(verdicts.len());
+            for (rcpt, verdict) in verdicts {
+                match verdict {
+                    Verdict::Delivered => accepted.push(rcpt),
+                    Verdict::Deferred(reply) => return Step::Retry(format!("{rcpt}: {reply}")),
+                    refused => {
+                        current.settled.insert(rcpt, refused);
+                    }
+                }
+            }
+            for rcpt in &accepted {
+                match dedupe.holds(rcpt, &criteria).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            seq,
+                            rcpt,
+                            id,
+                            "the standby already has this record's copy; not delivered again"
+                        );
+                        current.settled.insert(rcpt.clone(), Verdict::Delivered);
+                    }
+                    Ok(false) => {}
+                    Err(err) => return Step::Retry(format!("duplicate check for {rcpt}: {err}")),
+                }
+            }
+        }
+        let current = self.current(seq);
+        current.unsure_since = None;
+        let rest: Vec<&str> = local
+            .iter()
+            .copied()
+            .filter(|r| !current.settled.contains_key(*r))
+            .collect();
+        if !rest.is_empty() {
+            let header = dedupe::received_header(
+                &self.apply.hostname,
+                self.link.protocol(),
+                &id,
+                OffsetDateTime::now_utc(),
+            );
+            let mut body = Vec::with_capacity(header.len() + message.body.len());
+            body.extend_from_slice(header.as_bytes());
+            body.extend_from_slice(&message.body);
+            let verdicts = match self.link.transfer(&message.mail_from, &rest, &body).await {
+                Ok(verdicts) => verdicts,
+                Err(err) => {
+                    if err.after_dot {
+                        self.current(seq).unsure_since = Some(Instant::now());
+                    }
+                    return Step::Retry(format!("record {seq}: {err}"));
+                }
+            };
+            let current = self.current(seq);
+            let mut deferred = Vec::new();
+            for (rcpt, verdict) in verdicts {
+                match verdict {
+                    Verdict::Deferred(reply) => deferred.push(format!("{rcpt}: {reply}")),
+                    settled => {
+                        current.settled.insert(rcpt, settled);
+                    }
+                }
+            }
+            if !deferred.is_empty() {
+                return Step::Retry(deferred.join("; "));
+            }
+        }
+        outcome(&self.current(seq).settled)
     }
 }
 
-/// Applies pending records in order; stops at the first that must be retried. Returns
-/// whether it applied anything.
-async fn apply_pending(
-    journal: &Journal,
-    apply: &Apply,
-    shutdown: &CancellationToken,
-) -> Result<bool, levee_journal::JournalError> {
-    let mut progressed = false;
-    for (seq, state) in journal.undelivered(256)? {
-        if shutdown.is_cancelled() {
-            break;
-        }
-        let Some(record) = journal.get(seq)? else {
-            continue;
-        };
-        let RecordKind::Message(message) = record.kind else {
-            continue;
-        };
-        let outcome = deliver(apply, seq, &message).await;
-        let (status, note) = match outcome {
-            Applied::Done(note) => (DeliveryStatus::Delivered, note),
-            Applied::Parked(note) => {
-                metrics::counter!(rm::APPLY_PARKED).increment(1);
-                tracing::error!(seq, %note, "standby refused the message permanently; parked");
-                (DeliveryStatus::Failed, note)
-            }
-            Applied::Retry(note) => {
-                tracing::warn!(seq, %note, "standby delivery failed; will retry this record");
-                let retry = DeliveryState {
-                    status: DeliveryStatus::Pending,
-                    attempts: state.attempts + 1,
-                    next_attempt_ms: now_ms() + apply.retry.as_millis() as u64,
-                    last_reply: Some(note),
-                    updated_ms: now_ms(),
-                };
-                journal.set_state(seq, &retry)?;
-                return Ok(progressed);
-            }
-        };
-        journal.set_state(
-            seq,
-            &DeliveryState {
-                status,
-                attempts: state.attempts + 1,
-                next_attempt_ms: 0,
-                last_reply: Some(note),
-                updated_ms: now_ms(),
-            },
-        )?;
-        // Durable before the next record: a restart must not apply this one again.
-        journal.flush().await?;
-        metrics::gauge!(rm::APPLIED_SEQ).set(seq as f64);
-        progressed = true;
+/// The final state of a record whose every local recipient is settled.
+fn outcome(settled: &BTreeMap<String, Verdict>) -> Step {
+    let delivered = settled
+        .values()
+        .filter(|v| **v == Verdict::Delivered)
+        .count();
+    let refused: Vec<String> = settled
+        .iter()
+        .filter_map(|(rcpt, v)| match v {
+            Verdict::Refused(reply) => Some(format!("{rcpt}: {reply}")),
+            _ => None,
+        })
+        .collect();
+    match (delivered, refused.is_empty()) {
+        (0, _) => Step::Finished(DeliveryStatus::Failed, refused.join("; ")),
+        (n, true) => Step::Finished(
+            DeliveryStatus::Delivered,
+            format!("applied to {n} recipient(s)"),
+        ),
+        (n, false) => Step::Finished(
+            DeliveryStatus::Delivered,
+            format!(
+                "applied to {n} recipient(s); refused: {}",
+                refused.join("; ")
+            ),
+        ),
     }
-    Ok(progressed)
 }
 
 /// Every record up to this seq has been applied (or parked).
@@ -130,106 +378,4 @@ fn is_local(apply: &Apply, rcpt: &str) -> bool {
         .local_domains
         .iter()
         .any(|d| d.eq_ignore_ascii_case(domain))
-}
-
-async fn deliver(apply: &Apply, seq: Seq, message: &MessageRecord) -> Applied {
-    let local: Vec<&String> = message
-        .rcpt_to
-        .iter()
-        .filter(|r| is_local(apply, r))
-        .collect();
-    if local.is_empty() {
-        return Applied::Done("no local recipients at the replica".into());
-    }
-    match transfer(apply, message, &local).await {
-        Ok(applied) => applied,
-        Err(err) => Applied::Retry(format!("record {seq}: {err}")),
-    }
-}
-
-async fn transfer(
-    apply: &Apply,
-    message: &MessageRecord,
-    local: &[&String],
-) -> Result<Applied, UpstreamError> {
-    let lmtp = apply.lmtp.is_some();
-    let mut standby = match (apply.lmtp, apply.smtp) {
-        (Some(addr), _) => {
-            Upstream::connect_lmtp(addr, CONNECT_TIMEOUT, REPLY_TIMEOUT, &apply.hostname).await?
-        }
-        (None, Some(addr)) => {
-            Upstream::open(
-                addr,
-                CONNECT_TIMEOUT,
-                REPLY_TIMEOUT,
-                &apply.hostname,
-                &ClientIdentity::default(),
-            )
-            .await?
-        }
-        (None, None) => {
-            return Ok(Applied::Retry("no standby configured".into()));
-        }
-    };
-    let mail = format!("MAIL FROM:<{}>\r\n", message.mail_from);
-    let verdict = standby.command(mail.as_bytes()).await?;
-    if !verdict.is_positive() {
-        return Ok(judge(verdict));
-    }
-    let mut accepted = 0;
-    let mut refused = Vec::new();
-    for rcpt in local {
-        let verdict = standby
-            .command(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
-            .await?;
-        if verdict.is_positive() {
-            accepted += 1;
-        } else if verdict.code() < 500 {
-            return Ok(Applied::Retry(verdict.summary()));
-        } else {
-            refused.push(format!("{rcpt}: {}", verdict.summary()));
-        }
-    }
-    if accepted == 0 {
-        return Ok(Applied::Parked(refused.join("; ")));
-    }
-    if let Some(refusal) = standby.begin_body(&message.body).await? {
-        return Ok(judge(refusal));
-    }
-    let verdicts = if lmtp {
-        standby.end_body_lmtp(accepted).await?
-    } else {
-        vec![standby.end_body().await?]
-    };
-    // No QUIT round trip here: the outcome must reach the journal as soon as the standby
-    // has the message (dropping the connection after the final reply loses nothing).
-    drop(standby);
-    if let Some(temporary) = verdicts.iter().find(|v| (400..500).contains(&v.code())) {
-        // Some recipients may have it already; retrying them is the lesser evil.
-        return Ok(Applied::Retry(temporary.summary()));
-    }
-    refused.extend(
-        verdicts
-            .iter()
-            .filter(|v| v.code() >= 500)
-            .map(Reply::summary),
-    );
-    if refused.is_empty() {
-        Ok(Applied::Done(format!("applied to {accepted} recipient(s)")))
-    } else if verdicts.iter().any(Reply::is_positive) {
-        Ok(Applied::Done(format!(
-            "applied; refused: {}",
-            refused.join("; ")
-        )))
-    } else {
-        Ok(Applied::Parked(refused.join("; ")))
-    }
-}
-
-fn judge(reply: Reply) -> Applied {
-    if reply.code() >= 500 {
-        Applied::Parked(reply.summary())
-    } else {
-        Applied::Retry(reply.summary())
-    }
 }

@@ -1,7 +1,16 @@
 //! `levee replica`: the replica site's daemon. It receives the journal stream into its own
 //! journal and applies every message to the standby mail server.
+//!
+//! - [`apply`]: the applier loop, record by record, and its bookkeeping in the journal.
+//! - `link`: the applier's kept-open LMTP (or SMTP) connection to the standby.
+//! - [`dedupe`]: the trace header on every copy, and the check at the standby that makes
+//!   applying exactly-once across crashes; `imap_client` and `imap_wire` are its IMAP.
 
 pub mod apply;
+pub mod dedupe;
+mod imap_client;
+mod imap_wire;
+mod link;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +25,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
+
+/// Bound on each IMAP command of the applier's duplicate check (a header search over a
+/// large mailbox takes a while).
+const DEDUPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Addresses the replica daemon bound.
 #[derive(Debug, Clone)]
@@ -43,6 +56,8 @@ pub async fn run(
         })?),
         None => None,
     };
+    let dedupe = dedupe::Dedupe::from_config(&config.apply, DEDUPE_TIMEOUT)
+        .map_err(|err| RunError::Replication(err.to_string()))?;
     let listener = TcpListener::bind(r.listen)
         .await
         .map_err(|source| RunError::Bind {
@@ -86,6 +101,7 @@ pub async fn run(
     tasks.spawn(apply::run(
         journal.clone(),
         config.apply.clone(),
+        dedupe,
         shutdown.clone(),
     ));
     if let Some(ready) = ready {

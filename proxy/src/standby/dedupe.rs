@@ -1,0 +1,212 @@
+//! Exactly-once at the standby: the trace header that marks each applied copy, and the
+//! check that finds a copy the applier delivered but did not live to record.
+//!
+//! Records are applied one at a time, and a record's final state is durable before the
+//! next is tried. So the only record the standby can hold without the journal knowing is
+//! the first one tried after a start, or one whose attempt failed after its final dot (the
+//! standby may have delivered it and the reply was lost). Before delivering such a record,
+//! the applier logs in to each recipient's mailbox as an IMAP master user and searches
+//! INBOX for the record's trace id; recipients that have it are not delivered again.
+//!
+//! The check says "absent" only when the standby's IMAP server said so; any failure to ask
+//! keeps the record waiting. What it cannot see: a copy filed away from INBOX (Sieve) or
+//! deleted by its owner in the meantime, and a delivery the standby is still writing when
+//! the check runs (the applier waits [`SETTLE`] after the uncertainty began for that).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use levee_config::Apply;
+use levee_journal::Seq;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+use time::macros::format_description;
+
+use super::imap_client::{ImapError, Session};
+use super::imap_wire::quoted;
+
+/// How long after an attempt whose outcome is unknown the check may run: the standby may
+/// still be writing a message whose final dot it received just before the applier died.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// The search looks at messages received from this long before the record was journaled:
+/// the copy arrived after that, and the margin covers time zones and clock skew between the
+/// primary and the standby. It keeps the header search off years of old mail.
+const SINCE_MARGIN: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// The id of the copy of one record: its seq, and the first 8 bytes of its chain hash,
+/// which name the primary journal it came from (a rebuilt primary starts another chain).
+pub fn trace_id(seq: Seq, chain: &[u8; 32]) -> String {
+    let mut id = format!("L{seq}.");
+    for byte in &chain[..8] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
+/// `Received: by <hostname> (levee apply) with <protocol> id <id>; <date>` and CRLF: the one
+/// line the applier puts above the client's bytes.
+pub fn received_header(hostname: &str, protocol: &str, id: &str, now: OffsetDateTime) -> String {
+    let date = now
+        .format(&Rfc2822)
+        .unwrap_or_else(|_| "Thu, 1 Jan 1970 00:00:00 +0000".into());
+    format!("Received: by {hostname} (levee apply) with {protocol} id {id}; {date}\r\n")
+}
+
+/// The `UID SEARCH` criteria that find the copy with `id` of a record journaled at
+/// `time_ms`.
+pub fn search_criteria(id: &str, time_ms: u64) -> Option<String> {
+    let since_ms = time_ms.saturating_sub(SINCE_MARGIN.as_millis() as u64);
+    let since = OffsetDateTime::from_unix_timestamp((since_ms / 1000) as i64)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let date = since
+        .format(format_description!(
+            "[day padding:none]-[month repr:short]-[year]"
+        ))
+        .ok()?;
+    Some(format!("SINCE {date} HEADER Received {}", quoted(id)?))
+}
+
+/// A password read from a file; shown as `<redacted>` in every `Debug`.
+#[derive(Clone)]
+struct Password(String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why the duplicate check cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DedupeError {
+    #[error("apply.master_password_file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("apply.master_password_file {path}: the first line is empty")]
+    Empty { path: PathBuf },
+}
+
+/// How to ask the standby whether a mailbox already holds a record's copy.
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    imap: SocketAddr,
+    master_user: String,
+    password: Password,
+    timeout: Duration,
+}
+
+impl Dedupe {
+    /// The check as configured in `[apply]`; `None` when it is not (at-least-once).
+    pub fn from_config(apply: &Apply, timeout: Duration) -> Result<Option<Dedupe>, DedupeError> {
+        let (Some(imap), Some(master_user), Some(path)) = (
+            apply.imap,
+            apply.master_user.clone(),
+            apply.master_password_file.clone(),
+        ) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| DedupeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let password = text.lines().next().unwrap_or("").to_string();
+        if password.is_empty() {
+            return Err(DedupeError::Empty { path });
+        }
+        Ok(Some(Dedupe {
+            imap,
+            master_user,
+            password: Password(password),
+            timeout,
+        }))
+    }
+
+    /// Whether `rcpt`'s INBOX at the standby holds a message found by `criteria` (see
+    /// [`search_criteria`]). An error means "unknown", never "absent".
+    pub async fn holds(&self, rcpt: &str, criteria: &str) -> Result<bool, ImapError> {
+        let mut session = Session::connect(self.imap, self.timeout).await?;
+        let found = async {
+            session
+                .login_as(rcpt, &self.master_user, &self.password.0)
+                .await?;
+            session.examine_inbox().await?;
+            session.uid_search(criteria).await
+        }
+        .await;
+        session.logout().await;
+        Ok(!found?.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_is_seq_and_chain_prefix() {
+        let mut chain = [0u8; 32];
+        chain[..8].copy_from_slice(&[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+        chain[8] = 0xff;
+        assert_eq!(trace_id(42, &chain), "L42.0123456789abcdef");
+        // Same seq, another primary journal: another id.
+        chain[0] = 0x02;
+        assert_ne!(trace_id(42, &chain), "L42.0123456789abcdef");
+    }
+
+    #[test]
+    fn received_header_is_one_rfc5322_line() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let header = received_header("standby.example", "LMTP", "L7.00ff00ff00ff00ff", now);
+        assert_eq!(
+            header,
+            "Received: by standby.example (levee apply) with LMTP id L7.00ff00ff00ff00ff; \
+             Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+        assert!(header.len() < 998);
+        assert_eq!(header.matches("\r\n").count(), 1);
+    }
+
+    #[test]
+    fn search_looks_back_two_days_for_the_quoted_id() {
+        // 2023-11-14 22:13:20 UTC.
+        let criteria = search_criteria("L7.00ff", 1_700_000_000_000).unwrap();
+        assert_eq!(criteria, "SINCE 12-Nov-2023 HEADER Received \"L7.00ff\"");
+        let criteria = search_criteria("L1.00", 1000).unwrap();
+        assert_eq!(criteria, "SINCE 1-Jan-1970 HEADER Received \"L1.00\"");
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "hunter2-secret\nignored\n").unwrap();
+        let apply: Apply = toml_apply(&path);
+        let dedupe = Dedupe::from_config(&apply, Duration::from_secs(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(dedupe.password.0, "hunter2-secret");
+        assert!(!format!("{dedupe:?}").contains("hunter2"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            Dedupe::from_config(&apply, Duration::from_secs(1)),
+            Err(DedupeError::Empty { .. })
+        ));
+    }
+
+    fn toml_apply(password_file: &std::path::Path) -> Apply {
+        let mut apply: Apply = serde_json::from_value(serde_json::json!({
+            "lmtp": "127.0.0.1:24",
+            "local_domains": ["example.test"],
+        }))
+        .unwrap();
+        apply.imap = Some("127.0.0.1:143".parse().unwrap());
+        apply.master_user = Some("master".into());
+        apply.master_password_file = Some(password_file.to_path_buf());
+        apply
+    }
+}
