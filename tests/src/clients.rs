@@ -87,6 +87,19 @@ pub fn smtp_send_as(
 
 /// Every message of `user`'s INBOX, fetched with imaplib (BODY.PEEK[]).
 pub fn imap_fetch(addr: SocketAddr, user: &str, password: &str) -> Vec<Vec<u8>> {
+    let value = imap_fetch_with(addr, Security::Plain, user, password);
+    let messages = value["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("imap_fetch failed: {value}"));
+    messages
+        .iter()
+        .map(|m| decode_b64(m["body_b64"].as_str().expect("body_b64")))
+        .collect()
+}
+
+/// imaplib's view of `user`'s INBOX over `security`: `{"ok", "uidvalidity", "messages":
+/// [{"uid", "body_b64"}]}` or `{"ok": false, "stage", "error"}`.
+pub fn imap_fetch_with(addr: SocketAddr, security: Security, user: &str, password: &str) -> Value {
     let mut command = Command::new("python3");
     command
         .arg(script("imap_fetch.py"))
@@ -97,16 +110,45 @@ pub fn imap_fetch(addr: SocketAddr, user: &str, password: &str) -> Vec<Vec<u8>> 
             &addr.port().to_string(),
         ])
         .args(["--user", user, "--password", password]);
-    let value = run_json(command);
-    let messages = value["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("imap_fetch failed: {value}"));
-    messages
-        .iter()
-        .map(|m| {
-            base64::engine::general_purpose::STANDARD
-                .decode(m["body_b64"].as_str().expect("body_b64"))
-                .expect("base64 body")
-        })
-        .collect()
+    match security {
+        Security::Plain => {}
+        Security::StartTls => {
+            command.arg("--starttls");
+        }
+        Security::Implicit => {
+            command.arg("--ssl");
+        }
+    }
+    run_json(command)
+}
+
+/// Starts imap_idle.py: it prints `IDLING` once in IDLE, then one JSON line after the next
+/// new message arrived and was fetched on the same connection.
+pub fn imap_idle(
+    addr: SocketAddr,
+    implicit_tls: bool,
+    user: &str,
+    password: &str,
+) -> std::process::Child {
+    let mut command = Command::new("python3");
+    command
+        .arg(script("imap_idle.py"))
+        .args([
+            "--host",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+        ])
+        .args(["--user", user, "--password", password])
+        .stdout(std::process::Stdio::piped());
+    if implicit_tls {
+        command.arg("--ssl");
+    }
+    command.spawn().expect("python3 must be installed")
+}
+
+pub fn decode_b64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
 }

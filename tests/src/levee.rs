@@ -27,6 +27,10 @@ pub struct Ports {
     pub submission: SocketAddr,
     /// Submission with implicit TLS.
     pub submissions: SocketAddr,
+    /// IMAP, STARTTLS offered.
+    pub imap: SocketAddr,
+    /// IMAP with implicit TLS.
+    pub imaps: SocketAddr,
     pub metrics: SocketAddr,
 }
 
@@ -38,6 +42,8 @@ impl Ports {
             relay: port(),
             submission: port(),
             submissions: port(),
+            imap: port(),
+            imaps: port(),
             metrics: port(),
         }
     }
@@ -114,6 +120,7 @@ data_dir = "{data}"
 [upstream.primary]
 smtp = "{smtp}"
 submission = "{submission_up}"
+imap = "{imap_up}"
 
 [smtp]
 hostname = "levee.test"
@@ -140,6 +147,18 @@ addr = "{submissions}"
 kind = "submission"
 tls = "implicit"
 
+[imap]
+login_timeout = "10s"
+connect_timeout = "2s"
+
+[[imap.listen]]
+addr = "{imap}"
+tls = "starttls"
+
+[[imap.listen]]
+addr = "{imaps}"
+tls = "implicit"
+
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -159,6 +178,9 @@ listen = "{metrics}"
             relay = ports.relay,
             submission = ports.submission,
             submissions = ports.submissions,
+            imap_up = stack.imap_addr(),
+            imap = ports.imap,
+            imaps = ports.imaps,
             metrics = ports.metrics,
             cert = cert.display(),
             key = key.display(),
@@ -177,8 +199,9 @@ listen = "{metrics}"
         levee
     }
 
-    /// Starts `levee replica` applying to `stack` over LMTP, with a fresh certificate and
-    /// token; the returned link configures a primary to stream to it.
+    /// Starts `levee replica` applying to `stack` over LMTP (with the duplicate check over
+    /// IMAP as the stack's master user), with a fresh certificate and token; the returned
+    /// link configures a primary to stream to it.
     pub fn start_replica(mode: LeveeMode, dir: &Path, stack: &MailStack) -> (Levee, ReplicaLink) {
         let ports = Ports::fresh();
         let (cert, key) = levee_proxy::tls::write_self_signed(dir, &["replica.levee.test"])
@@ -202,6 +225,9 @@ idle_timeout = "3s"
 lmtp = "{lmtp}"
 local_domains = ["{domain}"]
 retry = "300ms"
+imap = "{imap}"
+master_user = "{master_user}"
+master_password_file = "{master_password}"
 
 [metrics]
 listen = "{metrics}"
@@ -213,6 +239,9 @@ listen = "{metrics}"
             token = token_file.display(),
             lmtp = stack.lmtp_addr(),
             domain = stack.domain(),
+            imap = stack.imap_addr(),
+            master_user = stack.master_user(),
+            master_password = stack.master_password_file().display(),
             metrics = ports.metrics,
         );
         let config_path = dir.join("replica.toml");

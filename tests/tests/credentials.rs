@@ -2,7 +2,7 @@
 //! journal's files, not into logs at trace level, not into metrics.
 
 use base64::Engine;
-use levee_tests::clients::{Security, smtp_send};
+use levee_tests::clients::{Security, imap_fetch_with, smtp_send};
 use levee_tests::{LeveeMode, Site, contains, message_file, sample_message};
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -46,6 +46,16 @@ fn passwords_never_reach_journal_logs_or_metrics() {
         }
     }
     site.wait_for_messages("bob", &["cred-1@example.org".into()], 15);
+    // IMAP LOGIN through levee, good and bad, over both kinds of TLS.
+    for (port, security) in [
+        (site.levee.ports.imap, Security::StartTls),
+        (site.levee.ports.imaps, Security::Implicit),
+    ] {
+        let good = imap_fetch_with(port, security, "bob", &site.password("bob"));
+        assert_eq!(good["ok"], true, "{good}");
+        let bad = imap_fetch_with(port, security, "bob", wrong);
+        assert_eq!(bad["stage"], "auth", "{bad}");
+    }
     let metrics = site.levee.metrics();
     assert!(
         metrics.contains("levee_messages_accepted_total"),
@@ -65,6 +75,7 @@ fn passwords_never_reach_journal_logs_or_metrics() {
         b64(&format!("\0alice\0{password}")),
         b64(&format!("\0alice\0{wrong}")),
         b64(&password),
+        site.password("bob"),
     ];
     for secret in &forbidden {
         assert!(

@@ -10,7 +10,7 @@ pub use std::process::{Command, Stdio};
 pub use std::sync::{Mutex, MutexGuard};
 pub use std::time::{Duration, Instant};
 
-pub use levee_journal::{Journal, Record, RecordKind};
+pub use levee_journal::{DeliveryState, Journal, Record, RecordKind};
 pub use levee_proxy::mailstack::MailStack;
 pub use levee_tests::{Levee, LeveeMode, ReplicaSite, Site, send_sample, tail};
 pub use serde_json::Value;
@@ -213,6 +213,75 @@ pub fn timed_send(site: &Site, id: &str) -> (Value, Duration) {
     (verdict, started.elapsed())
 }
 
-// ---------------------------------------------------------------------------------------
-// 1. The replica daemon stopped under load, then restarted.
-// ---------------------------------------------------------------------------------------
+/// The seq of the message record with `message_id` in the replica's journal (stopped).
+pub fn seq_of(replica: &ReplicaSite, message_id: &str) -> u64 {
+    let records = replica
+        .open_journal()
+        .read_from(1, usize::MAX)
+        .expect("read replica journal");
+    records
+        .iter()
+        .find(|r| matches!(&r.kind, RecordKind::Message(m) if m.message_id.as_deref() == Some(message_id)))
+        .map(|r| r.seq)
+        .unwrap_or_else(|| panic!("{message_id} is not in the replica journal"))
+}
+
+/// Makes record `seq` pending again in the replica's journal (the daemon must be stopped),
+/// durably: what a `kill -9` between the standby's reply and the applier's flush leaves.
+pub fn reset_to_pending(replica: &ReplicaSite, seq: u64) {
+    let journal = replica.open_journal();
+    journal
+        .set_state(seq, &DeliveryState::pending(0))
+        .expect("reset delivery state");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(journal.flush())
+        .expect("flush replica journal");
+}
+
+/// The replica's `/status` applied_seq.
+pub fn applied_seq(replica: &ReplicaSite) -> u64 {
+    u64_at(&replica.daemon.status(), "/applied_seq")
+}
+
+/// Waits until the replica has applied everything up to `seq`.
+pub fn wait_applied(replica: &ReplicaSite, seq: u64, secs: u64) {
+    wait_until(
+        secs,
+        &format!("replica applied through {seq}"),
+        || (applied_seq(replica) >= seq).then_some(()),
+        || {
+            format!(
+                "replica /status: {}\nreplica log tail:\n{}",
+                replica.daemon.status(),
+                tail(&replica.daemon.log(), 15)
+            )
+        },
+    );
+}
+
+/// The Maildir file of `user`'s INBOX message with `message_id`.
+pub fn maildir_file(stack: &MailStack, user: &str, message_id: &str) -> std::path::PathBuf {
+    let needle = format!("Message-ID: <{message_id}>");
+    for sub in ["new", "cur"] {
+        let dir = stack.maildir(user).join(sub);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            if levee_tests::contains(&bytes, needle.as_bytes()) {
+                return entry.path();
+            }
+        }
+    }
+    panic!("{message_id} is not in {user}'s Maildir");
+}
+
+/// Lines of the stack's Dovecot log (the whole file, not a tail).
+pub fn dovecot_log_lines(stack: &MailStack) -> Vec<String> {
+    std::fs::read_to_string(stack.dir().join("dovecot/dovecot.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
