@@ -3,15 +3,17 @@
 //!
 //! Only recipients in `apply.local_domains` are delivered: outbound mail was already
 //! relayed by the primary and must not leave a second time. The applier's progress is the
-//! delivery state of each record in the replica's own journal, made durable before the
-//! next record is applied, so a restart resumes exactly where it stopped. A record the
+//! delivery state of each record in the replica's own journal, made durable at least every
+//! [`APPLY_GROUP`] records (one fdatasync for the group, not one per message), so a restart
+//! resumes where it stopped. A record the
 //! standby refuses permanently is parked (state `Failed`, a metric, an error log), never
 //! dropped silently; a temporary failure stops the applier at that record until it passes,
 //! which keeps the order.
 //!
-//! Each copy carries a trace header naming its record ([`dedupe::trace_id`]). The record
-//! whose outcome the applier may not know (the first after a start, or one whose attempt
-//! failed after its final dot) is checked for at the standby first when `[apply]` has the
+//! Each copy carries a trace header naming its record ([`dedupe::trace_id`]). The records
+//! whose outcome the applier may not know (the first [`APPLY_GROUP`] it tries after a
+//! start, or one whose attempt failed after its final dot) are checked for at the standby
+//! first when `[apply]` has the
 //! IMAP keys ([`dedupe`]); without them, applying is at-least-once. What the applier does
 //! know in memory (recipients that already have a record, or refused it) is never asked
 //! again.
@@ -30,6 +32,11 @@ use tokio_util::sync::CancellationToken;
 use super::dedupe::{self, Dedupe, SETTLE};
 use super::link::{StandbyLink, Target, Verdict};
 use crate::smtp::now_ms;
+
+/// Records applied between two fdatasyncs of their states. After a crash at most this many
+/// records can be at the standby without their state saying so, and each of the first this
+/// many pending records is looked for at the standby before it is delivered again.
+pub const APPLY_GROUP: usize = 16;
 
 /// What one pass over the pending records came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,11 +77,13 @@ struct Applier {
     link: StandbyLink,
     dedupe: Option<Dedupe>,
     current: Option<Current>,
-    /// Until the first record is tried after a start: the previous run may have been
-    /// killed right after the standby took it.
-    unsure_from_start: Option<Instant>,
-    /// A final state was written but its flush failed: nothing else happens before it.
-    flush_owed: bool,
+    /// Since the start, and how many more records tried from now on may be ones the
+    /// previous run delivered without making their state durable.
+    unsure_from_start: Option<(Instant, usize)>,
+    /// Final states written since the last fdatasync (retried if a flush failed).
+    unflushed: usize,
+    /// The last record given a final state.
+    last_final: Option<Seq>,
 }
 
 /// Runs until `shutdown`.
@@ -106,8 +115,9 @@ pub async fn run(
         apply,
         dedupe,
         current: None,
-        unsure_from_start: Some(Instant::now()),
-        flush_owed: false,
+        unsure_from_start: Some((Instant::now(), APPLY_GROUP)),
+        unflushed: 0,
+        last_final: None,
     };
     loop {
         let pass = match applier.apply_pending(&shutdown).await {
@@ -138,12 +148,30 @@ pub async fn run(
 }
 
 impl Applier {
-    /// Applies pending records in order; stops at the first that must wait.
+    /// Applies pending records in order, stopping at the first that must wait, and makes
+    /// their states durable before it returns.
     async fn apply_pending(&mut self, shutdown: &CancellationToken) -> Result<Pass, JournalError> {
-        if self.flush_owed {
-            self.journal.flush().await?;
-            self.flush_owed = false;
+        let pass = self.apply_some(shutdown).await;
+        self.flush_progress().await?;
+        pass
+    }
+
+    /// One fdatasync for every final state written since the last.
+    async fn flush_progress(&mut self) -> Result<(), JournalError> {
+        if self.unflushed == 0 {
+            return Ok(());
         }
+        self.journal.flush().await?;
+        self.unflushed = 0;
+        if let Some(seq) = self.last_final {
+            metrics::gauge!(rm::APPLIED_SEQ).set(seq as f64);
+        }
+        Ok(())
+    }
+
+    async fn apply_some(&mut self, shutdown: &CancellationToken) -> Result<Pass, JournalError> {
+        // A flush that failed last time comes before anything else.
+        self.flush_progress().await?;
         let mut pass = Pass::Idle;
         for (seq, state) in self.journal.undelivered(256)? {
             if shutdown.is_cancelled() {
@@ -215,12 +243,13 @@ impl Applier {
             // Only now: had the state not been written, the next pass must still know who
             // has the record.
             self.current = None;
-            // Durable before the next record: a restart must not apply this one again, and
-            // only the first record after a start may be one the standby has unrecorded.
-            self.flush_owed = true;
-            self.journal.flush().await?;
-            self.flush_owed = false;
-            metrics::gauge!(rm::APPLIED_SEQ).set(seq as f64);
+            self.last_final = Some(seq);
+            self.unflushed += 1;
+            // Durable every APPLY_GROUP records: a restart then checks at most that many
+            // records at the standby before applying them again.
+            if self.unflushed >= APPLY_GROUP {
+                self.flush_progress().await?;
+            }
             pass = Pass::Applied;
         }
         Ok(pass)
@@ -232,11 +261,22 @@ impl Applier {
             self.current = Some(Current {
                 seq,
                 settled: BTreeMap::new(),
-                unsure_since: self.unsure_from_start.take(),
+                unsure_since: self.unsure_after_start(),
                 not_before: None,
             });
         }
         self.current.as_mut().expect("just set")
+    }
+
+    /// Whether the next record tried may be one the previous run left unrecorded.
+    fn unsure_after_start(&mut self) -> Option<Instant> {
+        let (since, left) = self.unsure_from_start.as_mut()?;
+        let since = *since;
+        *left -= 1;
+        if *left == 0 {
+            self.unsure_from_start = None;
+        }
+        Some(since)
     }
 
     /// One attempt at a record with local recipients: the duplicate check if its outcome
