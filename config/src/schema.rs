@@ -20,6 +20,8 @@ pub struct Config {
     pub smtp: Smtp,
     #[serde(default)]
     pub imap: crate::Imap,
+    #[serde(default)]
+    pub failover: crate::Failover,
     /// Certificate and key for STARTTLS and implicit TLS towards clients.
     #[serde(default)]
     pub tls: Option<Tls>,
@@ -58,6 +60,10 @@ impl Default for Node {
 #[serde(deny_unknown_fields)]
 pub struct Upstreams {
     pub primary: Backend,
+    /// The replica site's mail servers: clients move there on failover. No failover
+    /// without it.
+    #[serde(default)]
+    pub replica: Option<Backend>,
 }
 
 /// One backend site: its SMTP services.

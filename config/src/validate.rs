@@ -64,6 +64,14 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    if let Some(replica) = &config.upstream.replica
+        && config.upstream.primary.imap.is_some() != replica.imap.is_some()
+    {
+        push(
+            "upstream.replica.imap".into(),
+            "give both sites an IMAP server, or neither".into(),
+        );
+    }
     if !imap.listen.is_empty() && config.upstream.primary.imap.is_none() {
         push(
             "upstream.primary.imap".into(),
@@ -99,6 +107,7 @@ pub fn check(config: &Config) -> Vec<Problem> {
         ("smtp.max_connections", smtp.max_connections),
         ("delivery.workers", config.delivery.workers),
         ("imap.max_connections", config.imap.max_connections),
+        ("failover.failures", config.failover.failures as usize),
     ] {
         if value == 0 {
             push(key.into(), "must be at least 1".into());
@@ -113,6 +122,8 @@ pub fn check(config: &Config) -> Vec<Problem> {
         ("imap.login_timeout", config.imap.login_timeout),
         ("imap.idle_timeout", config.imap.idle_timeout),
         ("imap.connect_timeout", config.imap.connect_timeout),
+        ("failover.probe_interval", config.failover.probe_interval),
+        ("failover.probe_timeout", config.failover.probe_timeout),
     ] {
         if value.is_zero() {
             push(key.into(), "must be longer than zero".into());

@@ -93,6 +93,8 @@ pub async fn run(
         )?),
         None => None,
     };
+    // Checks both sites and decides the active one (sessions follow it: see failover/).
+    let failover = failover::driver::Failover::start(config.clone(), 1, shutdown.clone());
     let wake = Arc::new(Notify::new());
     let shared = Arc::new(SmtpShared {
         replicator,
@@ -168,7 +170,12 @@ pub async fn run(
             .map_err(|source| RunError::Bind { addr, source })?;
         bound.metrics = listener.local_addr().ok();
         let stop = shutdown.clone();
-        let status = primary_status(&config, &journal, shared.replicator.clone());
+        let status = primary_status(
+            &config,
+            &journal,
+            shared.replicator.clone(),
+            failover.clone(),
+        );
         tasks.spawn(async move {
             if let Err(err) = metrics::serve(listener, stop, status).await {
                 tracing::error!(%err, "metrics endpoint failed");
@@ -215,6 +222,7 @@ fn primary_status(
     config: &Config,
     journal: &Journal,
     replicator: Option<replication::Replicator>,
+    failover: Option<failover::driver::Failover>,
 ) -> metrics::StatusFn {
     let (node, journal) = (config.node.id.clone(), journal.clone());
     let mode = config.replication.as_ref().map(|r| r.mode);
@@ -232,11 +240,18 @@ fn primary_status(
                 "last_error": link.last_error,
             })
         });
+        let failover = failover.as_ref().map(|f| {
+            serde_json::json!({
+                "active": f.active(),
+                "health": f.health(),
+            })
+        });
         serde_json::json!({
             "role": "primary",
             "node": node,
             "journal_head": head,
             "replication": replication,
+            "failover": failover,
         })
     })
 }

@@ -23,6 +23,9 @@ pub const UPSTREAM_FAILURES: &str = "levee_upstream_failures_total";
 pub const UPSTREAM_REUSED: &str = "levee_upstream_reused_total";
 pub const TLS_FAILURES: &str = "levee_tls_failures_total";
 pub const SMTP_PROTOCOL_ERRORS: &str = "levee_smtp_protocol_errors_total";
+pub const ACTIVE_BACKEND: &str = "levee_active_backend";
+pub const EPOCH: &str = "levee_epoch";
+pub const FAILOVER_TRANSITIONS: &str = "levee_failover_transitions_total";
 pub const IMAP_PROTOCOL_ERRORS: &str = "levee_imap_protocol_errors_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
 
@@ -51,6 +54,15 @@ fn describe() {
     );
     describe_counter!(TLS_FAILURES, "Client TLS handshakes that failed");
     describe_counter!(SMTP_PROTOCOL_ERRORS, "SMTP commands refused as malformed");
+    describe_gauge!(
+        ACTIVE_BACKEND,
+        "0 while the primary site is active, 1 the replica"
+    );
+    describe_gauge!(EPOCH, "Failover epoch: bumped by every transition");
+    describe_counter!(
+        FAILOVER_TRANSITIONS,
+        "Changes of the active backend (automatic or by an admin)"
+    );
     describe_counter!(
         IMAP_PROTOCOL_ERRORS,
         "IMAP sessions ended for protocol abuse (over-long lines, STARTTLS injection)"

@@ -2,3 +2,5 @@
 //! IO); a driver feeds it health checks and publishes its decisions.
 
 pub mod controller;
+pub mod driver;
+pub mod probe;
