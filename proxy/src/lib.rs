@@ -142,6 +142,7 @@ pub async fn run(
         config: config.clone(),
         tls: shared.tls.clone(),
         shutdown: shutdown.clone(),
+        failover: failover.clone(),
     });
     let imap_slots = Arc::new(Semaphore::new(config.imap.max_connections));
     for spec in &config.imap.listen {

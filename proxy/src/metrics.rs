@@ -26,6 +26,7 @@ pub const SMTP_PROTOCOL_ERRORS: &str = "levee_smtp_protocol_errors_total";
 pub const ACTIVE_BACKEND: &str = "levee_active_backend";
 pub const EPOCH: &str = "levee_epoch";
 pub const FAILOVER_TRANSITIONS: &str = "levee_failover_transitions_total";
+pub const IMAP_MIGRATIONS: &str = "levee_imap_migrations_total";
 pub const IMAP_PROTOCOL_ERRORS: &str = "levee_imap_protocol_errors_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
 
@@ -62,6 +63,10 @@ fn describe() {
     describe_counter!(
         FAILOVER_TRANSITIONS,
         "Changes of the active backend (automatic or by an admin)"
+    );
+    describe_counter!(
+        IMAP_MIGRATIONS,
+        "IMAP sessions moved to another server without the client reconnecting"
     );
     describe_counter!(
         IMAP_PROTOCOL_ERRORS,

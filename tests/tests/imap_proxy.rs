@@ -151,10 +151,14 @@ impl Raw {
         }
     }
 
-    /// Whether the server closed the connection (reads EOF within the timeout).
+    /// Whether the server closed the connection within the read timeout (EOF, or a reset
+    /// because the client's unread bytes were discarded), rather than leaving it open.
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok()
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
 

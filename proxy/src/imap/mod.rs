@@ -7,6 +7,7 @@
 
 pub mod caps;
 pub mod framing;
+pub mod migrate;
 pub mod responses;
 pub mod session;
 pub mod state;
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::session::{Next, Session};
+use crate::failover::controller::Backend;
+use crate::failover::driver::Failover;
 use crate::metrics as m;
 
 /// What every IMAP session shares.
@@ -32,6 +35,25 @@ pub struct ImapShared {
     pub config: Arc<Config>,
     pub tls: Option<TlsAcceptor>,
     pub shutdown: CancellationToken,
+    /// The active backend, when a replica site is configured.
+    pub failover: Option<Failover>,
+}
+
+impl ImapShared {
+    /// The IMAP server of `backend`.
+    pub fn imap_addr(&self, backend: Backend) -> Option<SocketAddr> {
+        match backend {
+            Backend::Primary => self.config.upstream.primary.imap,
+            Backend::Replica => self.config.upstream.replica.as_ref()?.imap,
+        }
+    }
+
+    /// The backend new sessions go to.
+    pub fn active_backend(&self) -> Backend {
+        self.failover
+            .as_ref()
+            .map_or(Backend::Primary, |f| f.active().backend)
+    }
 }
 
 impl std::fmt::Debug for ImapShared {
@@ -103,14 +125,15 @@ pub async fn serve_listener(
 async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<ImapShared>) {
     let _ = stream.set_nodelay(true);
     let implicit = tls == TlsMode::Implicit;
-    let upstream = connect_upstream(&shared).await;
+    let backend = shared.active_backend();
+    let upstream = connect_upstream(&shared, backend).await;
     if implicit {
         let Some(mut client) = handshake(&shared, stream).await else {
             return;
         };
         match upstream {
             Some(upstream) => {
-                let mut session = Session::new(shared.clone(), upstream, true);
+                let mut session = Session::new(shared.clone(), upstream, backend, true);
                 session.serve(&mut client).await;
             }
             None => unavailable(&mut client).await,
@@ -122,7 +145,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<I
         unavailable(&mut client).await;
         return;
     };
-    let mut session = Session::new(shared.clone(), upstream, false);
+    let mut session = Session::new(shared.clone(), upstream, backend, false);
     if session.serve(&mut client).await == Next::StartTls
         && let Some(mut tls) = handshake(&shared, client).await
     {
@@ -132,8 +155,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<I
     tracing::debug!(%peer, "IMAP session ended");
 }
 
-async fn connect_upstream(shared: &ImapShared) -> Option<TcpStream> {
-    let addr = shared.config.upstream.primary.imap?;
+async fn connect_upstream(shared: &ImapShared, backend: Backend) -> Option<TcpStream> {
+    let addr = shared.imap_addr(backend)?;
     let limit = shared.config.imap.connect_timeout;
     match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {

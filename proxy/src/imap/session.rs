@@ -25,6 +25,9 @@ use super::caps::{self, ClientTls};
 use super::framing::{ClientEvent, ClientFramer, ClientMessage};
 use super::responses::{Piece, ResponseScanner};
 use super::state::{SessionState, tagged_status};
+use crate::failover::controller::Backend;
+use crate::failover::driver::Active;
+use tokio::sync::watch;
 
 /// Bytes waiting in either outbox before levee stops reading from the other side.
 const OUTBOX_LIMIT: usize = 256 * 1024;
@@ -40,7 +43,7 @@ pub enum Next {
 
 /// A piece of work for the upstream writer.
 #[derive(Debug)]
-enum Out {
+pub(super) enum Out {
     Bytes(Vec<u8>, usize),
     /// Stop until the server's continuation request for the next literal.
     GoAhead,
@@ -49,21 +52,35 @@ enum Out {
 /// The upstream half of a session; survives the client's STARTTLS upgrade.
 #[derive(Debug)]
 pub struct Session {
-    shared: Arc<ImapShared>,
-    tls: ClientTls,
-    up_read: OwnedReadHalf,
-    up_write: OwnedWriteHalf,
-    framer: ClientFramer,
-    scanner: ResponseScanner,
-    up_out: VecDeque<Out>,
-    up_out_bytes: usize,
-    state: SessionState,
+    pub(super) shared: Arc<ImapShared>,
+    pub(super) tls: ClientTls,
+    pub(super) up_read: OwnedReadHalf,
+    pub(super) up_write: OwnedWriteHalf,
+    pub(super) framer: ClientFramer,
+    pub(super) scanner: ResponseScanner,
+    pub(super) up_out: VecDeque<Out>,
+    pub(super) up_out_bytes: usize,
+    pub(super) state: SessionState,
     /// The greeting has been relayed (the first response head is the greeting).
-    greeted: bool,
+    pub(super) greeted: bool,
+    /// The backend this session's upstream connection belongs to.
+    pub(super) backend: Backend,
+    /// The active backend, when failover is configured.
+    pub(super) active: Option<watch::Receiver<Active>>,
+    /// The active backend changed while commands were in flight: move once they are done.
+    pub(super) migrate_pending: bool,
+    /// After a migration during IDLE: the tag levee used for IDLE upstream, and the
+    /// client's, whose completion the client must see.
+    pub(super) idle_alias: Option<(String, String)>,
 }
 
 impl Session {
-    pub fn new(shared: Arc<ImapShared>, upstream: TcpStream, encrypted: bool) -> Session {
+    pub fn new(
+        shared: Arc<ImapShared>,
+        upstream: TcpStream,
+        backend: Backend,
+        encrypted: bool,
+    ) -> Session {
         let config = &shared.config.imap;
         let tls = ClientTls {
             encrypted,
@@ -72,6 +89,7 @@ impl Session {
         };
         let framer = ClientFramer::new(config.max_line_length, config.max_literal);
         let (up_read, up_write) = upstream.into_split();
+        let active = shared.failover.as_ref().map(|f| f.watch());
         Session {
             shared,
             tls,
@@ -83,6 +101,10 @@ impl Session {
             up_out_bytes: 0,
             state: SessionState::default(),
             greeted: false,
+            backend,
+            active,
+            migrate_pending: false,
+            idle_alias: None,
         }
     }
 
@@ -142,10 +164,7 @@ impl Session {
                 written = self.up_write.write(front_bytes(&self.up_out)), if up_writable => {
                     match written {
                         Ok(n) if n > 0 => self.advance_up(n),
-                        _ => {
-                            pump.say(b"* BYE [UNAVAILABLE] mail server connection lost\r\n");
-                            pump.closing = true;
-                        }
+                        _ => self.upstream_lost(pump).await,
                     }
                 }
                 read = self.up_read.read_buf(&mut from_upstream), if read_upstream => {
@@ -154,10 +173,22 @@ impl Session {
                             self.scanner.push(&from_upstream);
                             from_upstream.clear();
                             self.relay_responses(pump);
+                            if self.migrate_pending && self.can_migrate() {
+                                self.migrate_to_active(pump).await;
+                            }
                         }
                         _ => {
-                            tracing::info!("IMAP server closed the connection");
-                            pump.closing = true;
+                            from_upstream.clear();
+                            self.upstream_lost(pump).await;
+                        }
+                    }
+                }
+                active = next_active(&mut self.active) => {
+                    if active.backend != self.backend {
+                        if self.can_migrate() {
+                            self.migrate_to_active(pump).await;
+                        } else {
+                            self.migrate_pending = true;
                         }
                     }
                 }
@@ -330,7 +361,7 @@ impl Session {
     }
 
     /// Relays the server's responses, reading and rewriting their heads as needed.
-    fn relay_responses(&mut self, pump: &mut Pump) {
+    pub(super) fn relay_responses(&mut self, pump: &mut Pump) {
         while let Some(piece) = self.scanner.next_piece() {
             match piece {
                 Piece::Raw(bytes) => pump.say(&bytes),
@@ -353,6 +384,18 @@ impl Session {
         if !self.greeted {
             self.greeted = true;
         }
+        if let Some((upstream_tag, client_tag)) = self.idle_alias.clone()
+            && let Some((tag, status)) = tagged_status(&line)
+            && tag == upstream_tag
+        {
+            // The IDLE levee re-entered after a migration ends: under the client's tag.
+            self.idle_alias = None;
+            self.state.completed(&client_tag, status);
+            let mut renamed = client_tag.into_bytes();
+            renamed.extend_from_slice(&line[upstream_tag.len()..]);
+            pump.say(&renamed);
+            return;
+        }
         if line.len() > 10 && line[..10].eq_ignore_ascii_case(b"* ENABLED ") {
             self.state.enabled(&String::from_utf8_lossy(&line));
         } else if let Some((tag, status)) = tagged_status(&line) {
@@ -367,16 +410,16 @@ impl Session {
 }
 
 /// The client-bound side of a running session.
-struct Pump {
+pub(super) struct Pump {
     client_out: Vec<u8>,
     client_sent: usize,
     /// Stop once the client outbox is flushed.
-    closing: bool,
+    pub(super) closing: bool,
     next: Next,
 }
 
 impl Pump {
-    fn say(&mut self, bytes: &[u8]) {
+    pub(super) fn say(&mut self, bytes: &[u8]) {
         if self.client_sent > 0 && self.client_sent == self.client_out.len() {
             self.client_out.clear();
             self.client_sent = 0;
@@ -391,6 +434,16 @@ impl Pump {
             self.client_sent = 0;
         }
     }
+}
+
+/// The next change of the active backend; never, without failover.
+async fn next_active(active: &mut Option<watch::Receiver<Active>>) -> Active {
+    if let Some(rx) = active
+        && rx.changed().await.is_ok()
+    {
+        return *rx.borrow_and_update();
+    }
+    std::future::pending().await
 }
 
 fn front_bytes(out: &VecDeque<Out>) -> &[u8] {

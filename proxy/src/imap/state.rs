@@ -180,6 +180,25 @@ impl SessionState {
         true
     }
 
+    /// Forgets the commands in flight on a connection that was lost, but IDLE (which is
+    /// re-entered on the new one); returns their tags, to be told the command failed.
+    pub fn abandon_in_flight(&mut self) -> Vec<String> {
+        let idle = self.idling.clone().or_else(|| self.idle_requested.clone());
+        let tags: Vec<String> = self
+            .pending
+            .keys()
+            .filter(|tag| Some(*tag) != idle.as_ref())
+            .cloned()
+            .collect();
+        for tag in &tags {
+            if let Some(Pending::Login(_)) = self.pending.remove(tag) {
+                self.auth_plain = None;
+                self.auth_continues = false;
+            }
+        }
+        tags
+    }
+
     /// Whether a login has succeeded in this session.
     pub fn logged_in(&self) -> bool {
         self.login.is_some()

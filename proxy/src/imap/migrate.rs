@@ -1,0 +1,262 @@
+//! Rebuilding a client's IMAP session on another server: greeting, LOGIN with the kept
+//! credentials, ENABLE, SELECT or EXAMINE of the same mailbox, and IDLE again if the client
+//! was idling. Commands are encoded with imap-codec (so a password needing a literal is
+//! sent as one); the server's answers are read line by line with a bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use imap_codec::CommandCodec;
+use imap_codec::encode::{Encoder, Fragment};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{Atom, LiteralMode};
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::responses::ResponseScanner;
+use super::session::{Pump, Session};
+use super::state::{SessionState, Status, tagged_status};
+use crate::failover::controller::Backend;
+
+const MAX_LINE: u64 = 64 * 1024;
+/// Untagged lines read while waiting for one completion before giving up.
+const MAX_LINES: usize = 10_000;
+
+/// A session re-established on a new server, ready for the client's next command.
+#[derive(Debug)]
+pub struct Rebuilt {
+    pub stream: TcpStream,
+    /// Bytes the server sent after the last line read (they belong to the stream).
+    pub leftover: Vec<u8>,
+    /// `* n EXISTS` from the new SELECT, to tell the client.
+    pub exists: Option<String>,
+    /// The tag levee used for IDLE on the new server (its completion goes to the client
+    /// under the client's own IDLE tag).
+    pub idle_tag: Option<String>,
+}
+
+/// Opens a session on `addr` that matches `state`.
+pub async fn rebuild(
+    addr: SocketAddr,
+    state: &SessionState,
+    limit: Duration,
+) -> Result<Rebuilt, String> {
+    let work = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            stream: BufReader::new(stream),
+            next: 0,
+        };
+        let greeting = conn.line().await?;
+        if !greeting.starts_with("* OK") {
+            return Err(format!("greeting: {}", greeting.trim_end()));
+        }
+        if let Some(login) = &state.login {
+            let body = CommandBody::login(login.user.as_str(), login.password.as_str())
+                .map_err(|_| "the kept login cannot be encoded".to_string())?;
+            conn.run(body).await.map_err(|e| format!("LOGIN: {e}"))?;
+        }
+        if !state.enabled.is_empty() {
+            let capabilities: Vec<CapabilityEnable<'static>> = state
+                .enabled
+                .iter()
+                .filter_map(|c| Atom::try_from(c.clone()).ok().map(CapabilityEnable::from))
+                .collect();
+            if let Ok(capabilities) = capabilities.try_into() {
+                conn.run(CommandBody::Enable { capabilities })
+                    .await
+                    .map_err(|e| format!("ENABLE: {e}"))?;
+            }
+        }
+        let mut exists = None;
+        if let Some(selected) = &state.selected {
+            let body = if selected.read_only {
+                CommandBody::Examine {
+                    mailbox: selected.mailbox.clone(),
+                    parameters: Vec::new(),
+                }
+            } else {
+                CommandBody::Select {
+                    mailbox: selected.mailbox.clone(),
+                    parameters: Vec::new(),
+                }
+            };
+            let untagged = conn.run(body).await.map_err(|e| format!("SELECT: {e}"))?;
+            exists = untagged
+                .into_iter()
+                .find(|l| l.trim_end().to_ascii_uppercase().ends_with(" EXISTS"));
+        }
+        let mut idle_tag = None;
+        if state.idling.is_some() {
+            let tag = conn.send(CommandBody::Idle).await?;
+            let line = conn.line().await?;
+            if !line.starts_with('+') {
+                return Err(format!("IDLE: {}", line.trim_end()));
+            }
+            idle_tag = Some(tag);
+        }
+        let leftover = conn.stream.buffer().to_vec();
+        Ok(Rebuilt {
+            stream: conn.stream.into_inner(),
+            leftover,
+            exists,
+            idle_tag,
+        })
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no session on {addr} within {limit:?}")))
+}
+
+struct Conn {
+    stream: BufReader<TcpStream>,
+    next: u32,
+}
+
+impl Conn {
+    async fn line(&mut self) -> Result<String, String> {
+        let mut line = Vec::new();
+        let n = (&mut self.stream)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 || !line.ends_with(b"\n") {
+            return Err("connection closed".into());
+        }
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// Sends a command (waiting for "+" before each synchronizing literal); returns its tag.
+    async fn send(&mut self, body: CommandBody<'_>) -> Result<String, String> {
+        self.next += 1;
+        let tag = format!("levee{}", self.next);
+        let command = Command::new(tag.as_str(), body).map_err(|e| format!("{e:?}"))?;
+        for fragment in CommandCodec::default().encode(&command) {
+            let (data, sync) = match fragment {
+                Fragment::Line { data } => (data, false),
+                Fragment::Literal { data, mode } => (data, mode == LiteralMode::Sync),
+            };
+            if sync {
+                let go = self.line().await?;
+                if !go.starts_with('+') {
+                    return Err(go.trim_end().to_string());
+                }
+            }
+            self.stream
+                .get_mut()
+                .write_all(&data)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        Ok(tag)
+    }
+
+    /// Sends a command and reads up to its completion; returns the untagged lines.
+    async fn run(&mut self, body: CommandBody<'_>) -> Result<Vec<String>, String> {
+        let tag = self.send(body).await?;
+        let mut untagged = Vec::new();
+        for _ in 0..MAX_LINES {
+            let line = self.line().await?;
+            match tagged_status(line.as_bytes()) {
+                Some((t, Status::Ok)) if t == tag => return Ok(untagged),
+                Some((t, _)) if t == tag => return Err(line.trim_end().to_string()),
+                _ => untagged.push(line),
+            }
+        }
+        Err("too many responses".into())
+    }
+}
+
+impl Session {
+    /// Nothing is half-way between client and server: no command in flight but IDLE, no
+    /// bytes waiting to go upstream, no message half-read from the client.
+    pub(super) fn can_migrate(&self) -> bool {
+        let idle = usize::from(self.state.idling.is_some());
+        self.state.in_flight() <= idle && self.up_out.is_empty() && !self.framer.mid_message()
+    }
+
+    /// Moves the session to the active backend (planned: nothing in flight).
+    pub(super) async fn migrate_to_active(&mut self, pump: &mut Pump) {
+        self.migrate_pending = false;
+        let target = self.shared.active_backend();
+        if target != self.backend {
+            self.migrate(pump, target).await;
+        }
+    }
+
+    /// The connection to the server broke: commands in flight are answered NO (never
+    /// applied twice), then the session moves to whichever backend is active once the
+    /// failover controller has had time to decide, or to the same one again.
+    pub(super) async fn upstream_lost(&mut self, pump: &mut Pump) {
+        tracing::info!(backend = ?self.backend, "IMAP server connection lost");
+        self.up_out.clear();
+        self.up_out_bytes = 0;
+        self.idle_alias = None;
+        for tag in self.state.abandon_in_flight() {
+            pump.say(
+                format!("{tag} NO [UNAVAILABLE] The mail server went away during this command; please retry\r\n")
+                    .as_bytes(),
+            );
+        }
+        let Some(failover) = self.shared.failover.clone() else {
+            pump.say(b"* BYE [UNAVAILABLE] The mail server closed the connection\r\n");
+            pump.closing = true;
+            return;
+        };
+        failover.upstream_error(self.backend);
+        let settings = &self.shared.config.failover;
+        let decide = (settings.probe_interval + settings.probe_timeout) * (settings.failures + 1);
+        let mut watch = failover.watch();
+        let _ = tokio::time::timeout(decide.min(Duration::from_secs(15)), async {
+            while watch.borrow_and_update().backend == self.backend {
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let target = failover.active().backend;
+        self.migrate(pump, target).await;
+    }
+
+    async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
+        let started = std::time::Instant::now();
+        let Some(addr) = self.shared.imap_addr(target) else {
+            pump.say(b"* BYE [UNAVAILABLE] No IMAP server to move this session to\r\n");
+            pump.closing = true;
+            return;
+        };
+        let limit = self.shared.config.imap.connect_timeout;
+        match rebuild(addr, &self.state, limit).await {
+            Ok(rebuilt) => {
+                let (read, write) = rebuilt.stream.into_split();
+                self.up_read = read;
+                self.up_write = write;
+                self.scanner = ResponseScanner::default();
+                self.backend = target;
+                if let Some(exists) = rebuilt.exists {
+                    pump.say(exists.as_bytes());
+                }
+                if let (Some(ours), Some(theirs)) = (rebuilt.idle_tag, self.state.idling.clone()) {
+                    self.idle_alias = Some((ours, theirs));
+                }
+                metrics::counter!(crate::metrics::IMAP_MIGRATIONS).increment(1);
+                tracing::info!(to = ?target, elapsed = ?started.elapsed(), "IMAP session moved");
+                self.scanner.push(&rebuilt.leftover);
+                self.relay_responses(pump);
+            }
+            Err(err) => {
+                tracing::warn!(to = ?target, %err, "could not move the IMAP session");
+                pump.say(
+                    b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n",
+                );
+                pump.closing = true;
+            }
+        }
+    }
+}
