@@ -18,6 +18,7 @@ pub mod delivery;
 pub mod demo;
 pub mod failover;
 pub mod imap;
+pub mod listen;
 pub mod mailstack;
 pub mod metrics;
 pub mod replication;
@@ -114,16 +115,7 @@ pub async fn run(
     };
     let slots = Arc::new(Semaphore::new(config.smtp.max_connections));
     for spec in &config.smtp.listen {
-        let listener = TcpListener::bind(spec.addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                addr: spec.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| RunError::Bind {
-            addr: spec.addr,
-            source,
-        })?;
+        let (listener, addr) = bind(spec.addr).await?;
         bound.smtp.push(addr);
         let info = ListenerInfo {
             kind: spec.kind,
@@ -146,16 +138,7 @@ pub async fn run(
     });
     let imap_slots = Arc::new(Semaphore::new(config.imap.max_connections));
     for spec in &config.imap.listen {
-        let listener = TcpListener::bind(spec.addr)
-            .await
-            .map_err(|source| RunError::Bind {
-                addr: spec.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| RunError::Bind {
-            addr: spec.addr,
-            source,
-        })?;
+        let (listener, addr) = bind(spec.addr).await?;
         bound.imap.push(addr);
         tracing::info!(listener = %addr, tls = ?spec.tls, "listening for IMAP");
         tasks.spawn(imap::serve_listener(
@@ -202,6 +185,14 @@ pub async fn run(
     }
     tracing::info!("levee stopped");
     Ok(())
+}
+
+/// Binds a listener; returns it with the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+    let bind_error = |source| RunError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }
 
 /// Closes pooled upstream sessions that sat idle too long, and all of them at shutdown.

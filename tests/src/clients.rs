@@ -33,6 +33,21 @@ pub enum Security {
     Implicit,
 }
 
+impl Security {
+    /// The Python clients' flag for this kind of connection.
+    fn add_args(self, command: &mut Command) {
+        match self {
+            Security::Plain => {}
+            Security::StartTls => {
+                command.arg("--starttls");
+            }
+            Security::Implicit => {
+                command.arg("--ssl");
+            }
+        }
+    }
+}
+
 /// Sends `message` with smtplib; returns `{"ok", "code", "reply", "stage", "refused"}`.
 pub fn smtp_send(
     addr: SocketAddr,
@@ -70,15 +85,7 @@ pub fn smtp_send_as(
     for rcpt in to {
         command.args(["--to", rcpt]);
     }
-    match security {
-        Security::Plain => {}
-        Security::StartTls => {
-            command.arg("--starttls");
-        }
-        Security::Implicit => {
-            command.arg("--ssl");
-        }
-    }
+    security.add_args(&mut command);
     if let Some((user, password)) = login {
         command.args(["--user", user, "--password", password]);
     }
@@ -110,15 +117,7 @@ pub fn imap_fetch_with(addr: SocketAddr, security: Security, user: &str, passwor
             &addr.port().to_string(),
         ])
         .args(["--user", user, "--password", password]);
-    match security {
-        Security::Plain => {}
-        Security::StartTls => {
-            command.arg("--starttls");
-        }
-        Security::Implicit => {
-            command.arg("--ssl");
-        }
-    }
+    security.add_args(&mut command);
     run_json(command)
 }
 

@@ -14,7 +14,6 @@ pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use levee_config::{Config, ImapListener, TlsMode};
 use tokio::io::AsyncWriteExt;
@@ -28,6 +27,7 @@ use tracing::Instrument;
 use self::session::{Next, Session};
 use crate::failover::controller::Backend;
 use crate::failover::driver::Failover;
+use crate::listen::{self, Client};
 use crate::metrics as m;
 
 /// What every IMAP session shares.
@@ -64,8 +64,6 @@ impl std::fmt::Debug for ImapShared {
     }
 }
 
-static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
-
 /// Accepts on `listener` until shutdown; returns once every session has ended.
 pub async fn serve_listener(
     listener: TcpListener,
@@ -74,27 +72,14 @@ pub async fn serve_listener(
     slots: Arc<Semaphore>,
 ) {
     let mut sessions = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(client) = listen::next_client(&listener, &slots, &shared.shutdown).await {
         while sessions.try_join_next().is_some() {}
-        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        let Client {
+            permit,
+            stream,
+            peer,
+            id,
+        } = client;
         let span = tracing::info_span!("session", session = id, %peer, proto = "imap");
         let shared = shared.clone();
         let tls = spec.tls;
@@ -111,19 +96,10 @@ pub async fn serve_listener(
     }
     drop(listener);
     // IMAP sessions are long-lived: they have been told BYE; give them a moment to flush.
-    let grace = std::time::Duration::from_secs(5);
-    if tokio::time::timeout(grace, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        sessions.shutdown().await;
-    }
+    listen::finish(sessions, std::time::Duration::from_secs(5)).await;
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<ImapShared>) {
-    let _ = stream.set_nodelay(true);
     let implicit = tls == TlsMode::Implicit;
     let backend = shared.active_backend();
     let upstream = connect_upstream(&shared, backend).await;
@@ -188,19 +164,10 @@ async fn handshake(
     shared: &ImapShared,
     stream: TcpStream,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = shared.tls.as_ref()?;
-    let limit = shared.config.imap.login_timeout;
-    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Some(tls),
-        Ok(Err(err)) => {
-            metrics::counter!(m::TLS_FAILURES).increment(1);
-            tracing::info!(%err, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            metrics::counter!(m::TLS_FAILURES).increment(1);
-            tracing::info!("TLS handshake timed out");
-            None
-        }
-    }
+    listen::handshake(
+        shared.tls.as_ref(),
+        stream,
+        shared.config.imap.login_timeout,
+    )
+    .await
 }

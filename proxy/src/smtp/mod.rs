@@ -14,7 +14,6 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use levee_config::{Config, ListenerKind, TlsMode};
 use levee_journal::Journal;
@@ -28,6 +27,7 @@ use tracing::Instrument;
 
 use self::connection::Connection;
 use self::session::{Next, Session};
+use crate::listen::{self, Client};
 use crate::metrics as m;
 
 pub use transaction::{message_id, now_ms};
@@ -63,8 +63,6 @@ pub struct ListenerInfo {
     pub name: String,
 }
 
-static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
-
 /// Accepts on `listener` until shutdown; returns once every session has ended (or the
 /// grace period is over and the rest were aborted).
 pub async fn serve_listener(
@@ -74,28 +72,14 @@ pub async fn serve_listener(
     slots: Arc<Semaphore>,
 ) {
     let mut sessions = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(client) = listen::next_client(&listener, &slots, &shared.shutdown).await {
         while sessions.try_join_next().is_some() {}
-        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        let Client {
+            permit,
+            stream,
+            peer,
+            id,
+        } = client;
         let span = tracing::info_span!("session", session = id, %peer, proto = "smtp", listener = %info.name);
         let (shared, info) = (shared.clone(), info.clone());
         sessions.spawn(
@@ -110,23 +94,10 @@ pub async fn serve_listener(
         );
     }
     drop(listener);
-    let grace = shared.config.smtp.shutdown_grace;
-    if tokio::time::timeout(grace, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(
-            remaining = sessions.len(),
-            "grace period over; aborting sessions"
-        );
-        sessions.shutdown().await;
-    }
+    listen::finish(sessions, shared.config.smtp.shutdown_grace).await;
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, info: ListenerInfo, shared: Arc<SmtpShared>) {
-    let _ = stream.set_nodelay(true);
     let implicit = info.tls == TlsMode::Implicit;
     let mut session = Session::new(shared.clone(), info, peer, implicit);
     session.connect_upstream_early();
@@ -156,26 +127,17 @@ async fn greet_and_serve<S: AsyncRead + AsyncWrite + Unpin>(
     session.serve(conn).await
 }
 
-/// TLS handshake, bounded by the command timeout; failures are logged and end the session.
+/// TLS handshake, bounded by the command timeout.
 async fn handshake(
     shared: &SmtpShared,
     stream: TcpStream,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = shared.tls.as_ref()?;
-    let limit = shared.config.smtp.command_timeout;
-    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => Some(tls),
-        Ok(Err(err)) => {
-            metrics::counter!(m::TLS_FAILURES).increment(1);
-            tracing::info!(%err, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            metrics::counter!(m::TLS_FAILURES).increment(1);
-            tracing::info!("TLS handshake timed out");
-            None
-        }
-    }
+    listen::handshake(
+        shared.tls.as_ref(),
+        stream,
+        shared.config.smtp.command_timeout,
+    )
+    .await
 }
 
 /// `relay@127.0.0.1:25`.
