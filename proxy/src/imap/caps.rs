@@ -28,6 +28,13 @@ impl ClientTls {
 /// Rewrites the capability list in a response head: `* CAPABILITY ...` or a
 /// `[CAPABILITY ...]` response code. Other lines come back unchanged.
 pub fn rewrite_head(line: &[u8], tls: ClientTls) -> Option<Vec<u8>> {
+    // Every response head passes here: the common case costs one scan, no allocation.
+    if !line
+        .windows(b"CAPABILITY".len())
+        .any(|w| w.eq_ignore_ascii_case(b"CAPABILITY"))
+    {
+        return None;
+    }
     let text = std::str::from_utf8(line).ok()?;
     let upper = text.to_ascii_uppercase();
     let (start, end) = if let Some(rest) = upper.strip_prefix("* CAPABILITY ") {
