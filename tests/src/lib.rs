@@ -12,6 +12,7 @@
 //! A missing Postfix or Dovecot is a loud failure, never a skip: every test calls
 //! [`Site::start`], which panics with the install command when they are absent.
 
+pub mod bench;
 pub mod clients;
 pub mod levee;
 pub mod load;

@@ -22,22 +22,6 @@ impl Drop for Guard {
     }
 }
 
-pub(crate) fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-pub(crate) fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "{what} not listening on {addr} after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// One levee daemon: `levee run` (`listen` = its relay listener) or `levee replica`
 /// (`listen` = its stream listener).
 #[derive(Debug)]

@@ -22,7 +22,7 @@
 //!    alternating (ABBA), a fresh daemon pair per run.
 //! 3. Catch-up: a backlog journaled while the replica is stopped, then the replica started.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +35,10 @@ use serde_json::Value;
 
 mod daemons;
 mod report;
-use daemons::{AS_LEVEE, Commit, Guard, head, local, wait_caught_up, wait_listening};
+use daemons::{AS_LEVEE, Commit, Guard, head, wait_caught_up};
+use levee_tests::bench::{
+    empty_maildir, fs_of, local, median, shell, thousands, wait_listening, write_section,
+};
 
 /// Messages sent (and waited for at the replica) before each measurement.
 const WARM_UP: u64 = 200;
@@ -130,15 +133,6 @@ fn source(s: &Scale, n: u64, addr: SocketAddr) -> Result<Duration> {
         out.status
     );
     Ok(elapsed)
-}
-
-/// Removes alice's Maildir at the replica (Dovecot recreates it): LMTP delivery slows as
-/// `new/` grows, which would penalise later runs. Only while no replica daemon applies.
-fn empty_maildir(stack: &MailStack) -> Result<()> {
-    match std::fs::remove_dir_all(stack.maildir("alice")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("emptying Maildir"),
-        _ => Ok(()),
-    }
 }
 
 fn maildir_count(stack: &MailStack) -> u64 {
@@ -455,12 +449,12 @@ fn bench() -> Result<()> {
         &lag,
         &runs,
         &catch,
-        &report::fs_of(stack.dir()),
+        &fs_of(stack.dir()),
         (load_before, started.elapsed()),
     );
     println!("{text}");
     if let Some(path) = &args.write {
-        report::write_section(path, &text)?;
+        write_section(path, "replication", Some("smtp"), &text)?;
         eprintln!("wrote the bench-replication section of {}", path.display());
     }
     Ok(())

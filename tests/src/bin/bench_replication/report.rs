@@ -8,25 +8,8 @@ use super::*;
 const BEGIN: &str = "<!-- bench-replication:begin";
 const END: &str = "<!-- bench-replication:end -->";
 /// The SMTP bench's section; ours goes right after it when the file has none yet.
-const SMTP_END: &str = "<!-- bench-smtp:end -->";
 /// Sync must keep at least this share of async throughput.
 const SYNC_GOAL: f64 = 0.7;
-
-fn shell(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `device fstype mountpoint` of the filesystem holding `dir`.
-pub(crate) fn fs_of(dir: &Path) -> String {
-    let out = shell(
-        "df",
-        &["--output=source,fstype,target", &dir.display().to_string()],
-    );
-    let line = out.lines().nth(1).unwrap_or("?");
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
-}
 
 /// Nearest-rank percentile (`p` in 0..=100) of `v`.
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -39,32 +22,12 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[rank.min(v.len()) - 1]
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Thousands separated, no decimals.
-fn int(r: f64) -> String {
-    let r = r.round() as i64;
-    if r.abs() >= 1000 {
-        format!("{},{:03}", r / 1000, (r % 1000).abs())
-    } else {
-        r.to_string()
-    }
-}
-
 /// Milliseconds: two decimals under 10 ms, one under 100, none above.
 fn millis(v: f64) -> String {
     match v.abs() {
         a if a < 10.0 => format!("{v:.2} ms"),
         a if a < 100.0 => format!("{v:.1} ms"),
-        _ => format!("{} ms", int(v)),
+        _ => format!("{} ms", thousands(v)),
     }
 }
 
@@ -152,8 +115,8 @@ pub(crate) fn report(
          {} messages of {} B over {} reused SMTP sessions for {} s (achieved {:.1} msg/s; \
          the latest message left {} after its slot). Times from the client reading the 250.\n\n\
          | figure | p50 | p99 | max | how |\n| --- | --- | --- | --- | --- |\n",
-        int(s.rate),
-        int(lag.sent as f64),
+        thousands(s.rate),
+        thousands(lag.sent as f64),
         s.size,
         s.lag_sessions,
         s.seconds,
@@ -199,13 +162,18 @@ pub(crate) fn report(
     let pick = |mode: &str| runs.iter().filter(|r| r.mode == mode).collect::<Vec<_>>();
     let (sync, asynch) = (pick("sync"), pick("async"));
     let rates = |r: &[&Run]| r.iter().map(|r| r.rate).collect::<Vec<_>>();
-    let each = |r: &[&Run]| r.iter().map(|r| int(r.rate)).collect::<Vec<_>>().join(", ");
+    let each = |r: &[&Run]| {
+        r.iter()
+            .map(|r| thousands(r.rate))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let (ms_, ma) = (median(&rates(&sync)), median(&rates(&asynch)));
     let ratio = ms_ / ma;
     let verdict = if ratio >= SYNC_GOAL { "met" } else { "missed" };
     let timeouts: f64 = sync.iter().map(|r| r.sync_timeouts).sum();
     let behind = |r: &[&Run]| {
-        let each: Vec<String> = r.iter().map(|r| int(r.behind as f64)).collect();
+        let each: Vec<String> = r.iter().map(|r| thousands(r.behind as f64)).collect();
         each.join(", ")
     };
     // Each round is one sync and one async run, in either order.
@@ -231,12 +199,12 @@ pub(crate) fn report(
          replica did not hold yet when the last 250 came: async {}; sync {} (must be 0).\n",
         source_args(s, s.messages, "127.0.0.1:PORT"),
         s.rounds,
-        int(ms_),
+        thousands(ms_),
         each(&sync),
-        int(ma),
+        thousands(ma),
         each(&asynch),
         per_round.join(", "),
-        int(timeouts),
+        thousands(timeouts),
         behind(&asynch),
         behind(&sync),
     );
@@ -259,65 +227,19 @@ pub(crate) fn report(
          | reference: the standby alone, serial LMTP, new connection per message | {} msgs/s | \
          | {LMTP_ALONE} messages straight to Dovecot from this bench, no levee |\n\
          | reference: the same, one connection reused | {} msgs/s | | |\n\n{END}\n",
-        int(b),
+        thousands(b),
         source_args(s, s.backlog, "127.0.0.1:PORT"),
-        int(b / secs(c.durable)),
+        thousands(b / secs(c.durable)),
         secs(c.durable),
         c.first_records,
         secs(c.first),
-        int(streaming),
-        int(b / secs(c.applied)),
+        thousands(streaming),
+        thousands(b / secs(c.applied)),
         secs(c.applied),
-        int(c.in_maildir as f64),
-        int(b),
-        int(c.standby.0),
-        int(c.standby.1),
+        thousands(c.in_maildir as f64),
+        thousands(b),
+        thousands(c.standby.0),
+        thousands(c.standby.1),
     );
     o
-}
-
-/// Replaces the bench-replication section of `path`, or adds it after the SMTP section
-/// (or at the end), keeping everything else.
-pub(crate) fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# levee benchmarks\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => {
-            let rest = old[e + END.len()..].trim_start_matches('\n');
-            let gap = if rest.is_empty() { "" } else { "\n" };
-            format!("{}{section}{gap}{rest}", &old[..b])
-        }
-        _ => match old.find(SMTP_END) {
-            Some(e) => {
-                let (head, rest) = old.split_at(e + SMTP_END.len());
-                let rest = rest.trim_start_matches('\n');
-                let gap = if rest.is_empty() { "" } else { "\n" };
-                format!("{head}\n\n{section}{gap}{rest}")
-            }
-            None => format!("{}\n\n{section}", old.trim_end_matches('\n')),
-        },
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn section_goes_after_the_smtp_one_then_is_replaced_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("B.md");
-        let smtp = "<!-- bench-smtp:begin -->\nsmtp\n<!-- bench-smtp:end -->\n";
-        std::fs::write(&path, format!("# t\n\n{smtp}\n## later\n")).unwrap();
-        let section = |x: &str| format!("{BEGIN} -->\n{x}\n{END}\n");
-        write_section(&path, &section("one")).unwrap();
-        let once = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            once,
-            format!("# t\n\n{smtp}\n{}\n## later\n", section("one"))
-        );
-        write_section(&path, &section("two")).unwrap();
-        let twice = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(twice, once.replace("one", "two"));
-    }
 }

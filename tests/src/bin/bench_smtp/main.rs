@@ -28,12 +28,16 @@ use levee_journal::{Journal, JournalOptions};
 use levee_proxy::mailstack::{MailStack, StackSpec, free_port};
 
 mod report;
-use report::{fmt, fs_of, report, shell, write_section};
+use levee_tests::bench::{
+    empty_maildir, fs_of, local, median, shell, thousands, wait_listening, write_section,
+};
+use report::report;
 
 const AS_LEVEE: &str = "BENCH_SMTP_AS_LEVEE";
 const JOURNAL_PARENT: &str = "/var/tmp";
 const BEGIN: &str = "<!-- bench-smtp:begin";
 const END: &str = "<!-- bench-smtp:end -->";
+const SECTION: &str = "smtp";
 /// Messages of the single-session (latency-bound) runs: Postfix, smtp-sink.
 const ONE: (u64, u64) = (200, 1000);
 
@@ -69,22 +73,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "{what} not listening on {addr} after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 fn source_cmd(a: &Args, sessions: u32, n: u64, reuse: bool, to: &str) -> Vec<String> {
@@ -339,16 +327,6 @@ fn measure(
     Ok(run)
 }
 
-/// Removes alice's Maildir (Dovecot recreates it, indexes included, on the next delivery).
-fn empty_maildir(stack: &MailStack) -> Result<()> {
-    match std::fs::remove_dir_all(stack.maildir("alice")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).context("emptying the Maildir")
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Per-round results of one scenario.
 #[derive(Debug, Default)]
 struct Series {
@@ -373,8 +351,8 @@ fn rounds(a: &Args, name: &str, upstream: SocketAddr, stack: Option<&MailStack>)
         let (d, l) = (s.direct[round - 1].rate, s.levee[round - 1].rate);
         eprintln!(
             "{name} round {round}: direct {} msg/s, levee {} msg/s",
-            fmt(d),
-            fmt(l)
+            thousands(d),
+            thousands(l)
         );
     }
     Ok(s)
@@ -415,7 +393,7 @@ fn bench() -> Result<()> {
     let text = report(&a, &pf, &stack_fs, &sink);
     println!("{text}");
     if let Some(path) = &a.write {
-        write_section(path, &text)?;
+        write_section(path, SECTION, None, &text)?;
         eprintln!("wrote the SMTP section of {}", path.display());
     }
     Ok(())

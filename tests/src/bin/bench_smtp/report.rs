@@ -3,46 +3,6 @@
 
 use super::*;
 
-pub(crate) fn shell(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `device fstype mountpoint` of the filesystem holding `dir`.
-pub(crate) fn fs_of(dir: &Path) -> String {
-    let out = shell(
-        "df",
-        &["--output=source,fstype,target", &dir.display().to_string()],
-    );
-    out.lines()
-        .nth(1)
-        .unwrap_or("?")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
-}
-
-pub(crate) fn fmt(r: f64) -> String {
-    let r = r.round() as u64;
-    if r >= 1000 {
-        format!("{},{:03}", r / 1000, r % 1000)
-    } else {
-        r.to_string()
-    }
-}
-
 /// `| what | direct | levee | ratio | goal |` from the medians of `pick`.
 pub(crate) fn row(
     o: &mut String,
@@ -52,19 +12,19 @@ pub(crate) fn row(
     unit: &str,
     goal: &str,
 ) {
-    let d = median(s.direct.iter().map(pick));
-    let l = median(s.levee.iter().map(pick));
+    let d = median(&s.direct.iter().map(pick).collect::<Vec<_>>());
+    let l = median(&s.levee.iter().map(pick).collect::<Vec<_>>());
     let each = |runs: &[Run]| {
         runs.iter()
-            .map(|r| fmt(pick(r)))
+            .map(|r| thousands(pick(r)))
             .collect::<Vec<_>>()
             .join(", ")
     };
     let _ = writeln!(
         o,
         "| {what} | {} {unit} | {} {unit} | {:.2}x | {goal} | {} / {} |",
-        fmt(d),
-        fmt(l),
+        thousands(d),
+        thousands(l),
         l / d,
         each(&s.direct),
         each(&s.levee)
@@ -145,21 +105,4 @@ pub(crate) fn report(a: &Args, pf: &Series, stack_fs: &str, sink: &Series) -> St
         source_cmd(a, 1, ONE.1, true, "127.0.0.1:PORT").join(" "),
     );
     o
-}
-
-/// Replaces the bench-smtp section of `path` (or appends it), keeping everything else.
-pub(crate) fn write_section(path: &Path, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# levee benchmarks\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => {
-            let rest = old[e + END.len()..].trim_start_matches('\n');
-            format!(
-                "{}{section}{}{rest}",
-                &old[..b],
-                if rest.is_empty() { "" } else { "\n" }
-            )
-        }
-        _ => format!("{}\n\n{section}", old.trim_end_matches('\n')),
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
