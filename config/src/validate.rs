@@ -34,36 +34,26 @@ pub fn check(config: &Config) -> Vec<Problem> {
             "must be a host name without spaces".into(),
         );
     }
+    // Every listening socket, SMTP and IMAP: one address each, TLS only with a [tls].
+    let listeners = (smtp.listen.iter().map(|l| ("smtp", l.addr, l.tls)))
+        .enumerate()
+        .chain((config.imap.listen.iter().map(|l| ("imap", l.addr, l.tls))).enumerate());
     let mut seen = HashSet::new();
-    for (i, listener) in smtp.listen.iter().enumerate() {
-        if !seen.insert(listener.addr) {
+    for (i, (proto, addr, tls)) in listeners {
+        if !seen.insert(addr) {
             push(
-                format!("smtp.listen[{i}].addr"),
-                format!("{} is used by another listener", listener.addr),
+                format!("{proto}.listen[{i}].addr"),
+                format!("{addr} is used by another listener"),
             );
         }
-        if listener.tls != TlsMode::None && config.tls.is_none() {
+        if tls != TlsMode::None && config.tls.is_none() {
             push(
-                format!("smtp.listen[{i}].tls"),
+                format!("{proto}.listen[{i}].tls"),
                 "needs a [tls] section with cert and key (or tls = \"none\")".into(),
             );
         }
     }
     let imap = &config.imap;
-    for (i, listener) in imap.listen.iter().enumerate() {
-        if !seen.insert(listener.addr) {
-            push(
-                format!("imap.listen[{i}].addr"),
-                format!("{} is used by another listener", listener.addr),
-            );
-        }
-        if listener.tls != TlsMode::None && config.tls.is_none() {
-            push(
-                format!("imap.listen[{i}].tls"),
-                "needs a [tls] section with cert and key (or tls = \"none\")".into(),
-            );
-        }
-    }
     if let Some(replica) = &config.upstream.replica
         && config.upstream.primary.imap.is_some() != replica.imap.is_some()
     {

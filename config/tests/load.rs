@@ -119,3 +119,46 @@ fn binary_garbage_is_rejected_not_panicking() {
     let garbage = String::from_utf8_lossy(&[0xff, 0x00, 0x5b, 0x5b, 0x0a, 0x3d]).into_owned();
     assert!(!problems(&garbage).is_empty());
 }
+
+#[test]
+fn imap_and_failover_sections_are_checked_with_the_smtp_ones() {
+    let text = format!(
+        "{MINIMAL}\n[[imap.listen]]\naddr = \"127.0.0.1:25\"\n\n[[imap.listen]]\naddr = \"127.0.0.1:993\"\ntls = \"implicit\"\n\n[imap]\nmax_literal = 10\n\n[failover]\nfailures = 0\n"
+    );
+    let errs = problems(&text);
+    for expected in [
+        "imap.listen[0].addr",
+        "imap.listen[1].tls",
+        "upstream.primary.imap",
+        "imap.max_literal",
+        "failover.failures",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "no error for {expected}: {errs:?}"
+        );
+    }
+
+    let good = r#"
+[upstream.primary]
+smtp = "127.0.0.1:2525"
+imap = "127.0.0.1:1143"
+
+[upstream.replica]
+smtp = "127.0.0.1:3525"
+imap = "127.0.0.1:3143"
+
+[[smtp.listen]]
+addr = "127.0.0.1:25"
+kind = "relay"
+tls = "none"
+
+[[imap.listen]]
+addr = "127.0.0.1:143"
+tls = "none"
+"#;
+    let config = Config::from_toml(good).unwrap_or_else(|e| panic!("{e}\n{good}"));
+    assert_eq!(config.failover.failures, 3);
+    assert_eq!(config.imap.listen.len(), 1);
+    assert!(config.upstream.replica.unwrap().imap.is_some());
+}
