@@ -13,6 +13,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use tracing::Instrument;
+
 use crate::metrics as m;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -53,6 +55,30 @@ pub async fn next_client(
             },
         }
     }
+}
+
+/// Runs one session in `sessions`: counted in the session metrics under `proto`, inside
+/// `span`, holding its connection slot until it ends.
+pub fn spawn_session<F>(
+    sessions: &mut JoinSet<()>,
+    permit: OwnedSemaphorePermit,
+    proto: &'static str,
+    span: tracing::Span,
+    session: F,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    while sessions.try_join_next().is_some() {}
+    sessions.spawn(
+        async move {
+            metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => proto).increment(1.0);
+            metrics::counter!(m::SESSIONS_TOTAL, "proto" => proto).increment(1);
+            session.await;
+            metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => proto).decrement(1.0);
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 /// A TLS handshake bounded by `limit`; failures are counted, logged and end the session.

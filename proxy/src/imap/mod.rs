@@ -22,7 +22,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use self::session::{Next, Session};
 use crate::failover::controller::Backend;
@@ -73,7 +72,6 @@ pub async fn serve_listener(
 ) {
     let mut sessions = JoinSet::new();
     while let Some(client) = listen::next_client(&listener, &slots, &shared.shutdown).await {
-        while sessions.try_join_next().is_some() {}
         let Client {
             permit,
             stream,
@@ -81,18 +79,8 @@ pub async fn serve_listener(
             id,
         } = client;
         let span = tracing::info_span!("session", session = id, %peer, proto = "imap");
-        let shared = shared.clone();
-        let tls = spec.tls;
-        sessions.spawn(
-            async move {
-                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "imap").increment(1.0);
-                metrics::counter!(m::SESSIONS_TOTAL, "proto" => "imap").increment(1);
-                handle(stream, peer, tls, shared).await;
-                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "imap").decrement(1.0);
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let session = handle(stream, peer, spec.tls, shared.clone());
+        listen::spawn_session(&mut sessions, permit, "imap", span, session);
     }
     drop(listener);
     // IMAP sessions are long-lived: they have been told BYE; give them a moment to flush.

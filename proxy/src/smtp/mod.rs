@@ -23,12 +23,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use self::connection::Connection;
 use self::session::{Next, Session};
 use crate::listen::{self, Client};
-use crate::metrics as m;
 
 pub use transaction::{message_id, now_ms};
 
@@ -73,7 +71,6 @@ pub async fn serve_listener(
 ) {
     let mut sessions = JoinSet::new();
     while let Some(client) = listen::next_client(&listener, &slots, &shared.shutdown).await {
-        while sessions.try_join_next().is_some() {}
         let Client {
             permit,
             stream,
@@ -81,17 +78,8 @@ pub async fn serve_listener(
             id,
         } = client;
         let span = tracing::info_span!("session", session = id, %peer, proto = "smtp", listener = %info.name);
-        let (shared, info) = (shared.clone(), info.clone());
-        sessions.spawn(
-            async move {
-                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "smtp").increment(1.0);
-                metrics::counter!(m::SESSIONS_TOTAL, "proto" => "smtp").increment(1);
-                handle(stream, peer, info, shared).await;
-                metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => "smtp").decrement(1.0);
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let session = handle(stream, peer, info.clone(), shared.clone());
+        listen::spawn_session(&mut sessions, permit, "smtp", span, session);
     }
     drop(listener);
     listen::finish(sessions, shared.config.smtp.shutdown_grace).await;
