@@ -47,7 +47,7 @@
 //! # Hash chain
 //!
 //! ```text
-//! body_sha256 = SHA-256(raw body)                  (empty body for Audit)
+//! body_sha256 = SHA-256(raw body)  (the message; an APPENDed one; empty for other kinds)
 //! chain(n)    = SHA-256(chain(n-1) || canonical(n)) with chain(0) = 32 zero bytes
 //!
 //! canonical = "LJC1"                       4 ASCII bytes
@@ -62,6 +62,17 @@
 //!                    || str(client.listener) || (0x01 if client.tls else 0x00)
 //!                    || opt(message_id)
 //! kind for Audit   = 0x02 || str(actor) || str(action) || str(detail)
+//! kind for Mailbox = 0x03 || str(user) || change
+//!
+//! change = 0x01 (Append)  || str(mailbox) || strs(flags) || opt(internal_date)
+//!        | 0x02 (Flags)   || str(mailbox) || u64be(n) || (ref || strs(flags))...
+//!        | 0x03 (Expunge) || str(mailbox) || u64be(n) || ref...
+//!        | 0x04 (Copy)    || str(from) || str(to) || u64be(n) || ref...
+//!        | 0x05 (Create)  || str(mailbox)
+//!        | 0x06 (Delete)  || str(mailbox)
+//!        | 0x07 (Rename)  || str(from) || str(to)
+//! ref    = u32be(uid) || opt(trace) || opt(message_id) || u64be(size)
+//! strs   = u64be(count) || str(s)...
 //!
 //! str(s) = u64be(byte length of UTF-8 s) || bytes of s
 //! opt(x) = 0x00 if absent, else 0x01 || str(x)
@@ -102,6 +113,7 @@ mod codec;
 mod commit;
 mod error;
 mod index;
+mod mailbox;
 pub mod metrics;
 mod record;
 mod recovery;
@@ -111,6 +123,7 @@ mod sync;
 mod verify;
 
 pub use error::JournalError;
+pub use mailbox::{MailboxChange, MailboxRecord, MessageRef};
 pub use record::{
     Appended, AuditRecord, ClientInfo, MessageRecord, NewRecord, Record, RecordKind, Seq,
     check_chain,

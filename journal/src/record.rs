@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::mailbox::{MailboxChange, MailboxRecord};
+
 /// Sequence number of a record: 1-based and gap-free.
 pub type Seq = u64;
 
@@ -32,6 +34,8 @@ pub enum RecordKind {
     Message(MessageRecord),
     /// An administrative or compliance event.
     Audit(AuditRecord),
+    /// A change an IMAP client made to its mailboxes at the primary.
+    Mailbox(MailboxRecord),
 }
 
 /// One accepted message, envelope and raw content.
@@ -108,7 +112,11 @@ impl RecordKind {
     pub fn body(&self) -> &[u8] {
         match self {
             RecordKind::Message(m) => &m.body,
-            RecordKind::Audit(_) => &[],
+            RecordKind::Mailbox(MailboxRecord {
+                change: MailboxChange::Append { body, .. },
+                ..
+            }) => body,
+            _ => &[],
         }
     }
 
@@ -117,18 +125,40 @@ impl RecordKind {
     pub(crate) fn take_body(&mut self) -> Vec<u8> {
         match self {
             RecordKind::Message(m) => std::mem::take(&mut m.body),
-            RecordKind::Audit(_) => Vec::new(),
+            RecordKind::Mailbox(MailboxRecord {
+                change: MailboxChange::Append { body, .. },
+                ..
+            }) => std::mem::take(body),
+            _ => Vec::new(),
         }
     }
 
     pub(crate) fn put_body(&mut self, body: Vec<u8>) {
-        if let RecordKind::Message(m) = self {
-            m.body = body;
+        match self {
+            RecordKind::Message(m) => m.body = body,
+            RecordKind::Mailbox(MailboxRecord {
+                change: MailboxChange::Append { body: slot, .. },
+                ..
+            }) => *slot = body,
+            _ => {}
         }
     }
 
     pub(crate) fn has_body(&self) -> bool {
-        matches!(self, RecordKind::Message(_))
+        matches!(
+            self,
+            RecordKind::Message(_)
+                | RecordKind::Mailbox(MailboxRecord {
+                    change: MailboxChange::Append { .. },
+                    ..
+                })
+        )
+    }
+
+    /// Whether the record has something to deliver or apply, and so a delivery state
+    /// (messages, and mailbox changes for the replica's applier).
+    pub fn needs_delivery(&self) -> bool {
+        matches!(self, RecordKind::Message(_) | RecordKind::Mailbox(_))
     }
 }
 
@@ -170,6 +200,7 @@ pub(crate) fn canonical_bytes(
             put_str(&mut out, &a.action);
             put_str(&mut out, &a.detail);
         }
+        RecordKind::Mailbox(m) => crate::mailbox::canonical(&mut out, m),
     }
     out.extend_from_slice(&body_len.to_be_bytes());
     out.extend_from_slice(body_sha256);
@@ -214,17 +245,17 @@ pub(crate) const PREV_CHAIN_MISMATCH: &str = "prev_chain is not the chain of the
 pub(crate) const BODY_HASH_MISMATCH: &str = "body_sha256 is not the SHA-256 of the body";
 pub(crate) const CHAIN_MISMATCH: &str = "chain is not the hash the documented formula gives";
 
-fn put_len(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn put_len(out: &mut Vec<u8>, len: usize) {
     // usize -> u64 cannot lose bits on any supported target.
     out.extend_from_slice(&(len as u64).to_be_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_len(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+pub(crate) fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         None => out.push(0),
         Some(s) => {

@@ -10,7 +10,7 @@
 use crate::codec::{decode, key_seq, seq_key};
 use crate::error::JournalError;
 use crate::index;
-use crate::record::{RecordKind, Seq};
+use crate::record::Seq;
 use crate::store::Trees;
 
 pub(crate) const INDEXED_THROUGH: &[u8] = b"indexed_through";
@@ -87,7 +87,7 @@ pub(crate) fn recover(trees: &Trees) -> Result<Tip, JournalError> {
             ));
         }
         trees.insert_index(&index::entries(seq, stored.time_ms, &stored.header))?;
-        if matches!(stored.header, RecordKind::Message(_)) {
+        if stored.header.needs_delivery() {
             trees.init_state(seq, stored.time_ms)?;
         }
         prev_chain = stored.chain;

@@ -3,7 +3,10 @@
 mod common;
 
 use common::{T0, audit, message, open, simple};
-use levee_journal::{DeliveryState, DeliveryStatus, JournalError, RecordKind};
+use levee_journal::{
+    DeliveryState, DeliveryStatus, JournalError, MailboxChange, MailboxRecord, MessageRef,
+    NewRecord, RecordKind,
+};
 use sha2::{Digest, Sha256};
 
 /// Independent implementation of the chain formula in the crate docs.
@@ -46,6 +49,77 @@ fn documented_chain(prev: &[u8; 32], rec: &levee_journal::Record) -> [u8; 32] {
             s(&mut c, &a.action);
             s(&mut c, &a.detail);
             &[]
+        }
+        RecordKind::Mailbox(m) => {
+            c.push(3);
+            s(&mut c, &m.user);
+            fn strs(out: &mut Vec<u8>, v: &[String]) {
+                out.extend_from_slice(&(v.len() as u64).to_be_bytes());
+                for x in v {
+                    s(out, x);
+                }
+            }
+            fn r(out: &mut Vec<u8>, m: &MessageRef) {
+                out.extend_from_slice(&m.uid.to_be_bytes());
+                o(out, &m.trace);
+                o(out, &m.message_id);
+                out.extend_from_slice(&m.size.to_be_bytes());
+            }
+            match &m.change {
+                MailboxChange::Append {
+                    mailbox,
+                    flags,
+                    internal_date,
+                    body,
+                } => {
+                    c.push(1);
+                    s(&mut c, mailbox);
+                    strs(&mut c, flags);
+                    o(&mut c, internal_date);
+                    body
+                }
+                MailboxChange::Flags { mailbox, messages } => {
+                    c.push(2);
+                    s(&mut c, mailbox);
+                    c.extend_from_slice(&(messages.len() as u64).to_be_bytes());
+                    for (m, flags) in messages {
+                        r(&mut c, m);
+                        strs(&mut c, flags);
+                    }
+                    &[]
+                }
+                MailboxChange::Expunge { mailbox, messages } => {
+                    c.push(3);
+                    s(&mut c, mailbox);
+                    c.extend_from_slice(&(messages.len() as u64).to_be_bytes());
+                    messages.iter().for_each(|m| r(&mut c, m));
+                    &[]
+                }
+                MailboxChange::Copy { from, to, messages } => {
+                    c.push(4);
+                    s(&mut c, from);
+                    s(&mut c, to);
+                    c.extend_from_slice(&(messages.len() as u64).to_be_bytes());
+                    messages.iter().for_each(|m| r(&mut c, m));
+                    &[]
+                }
+                MailboxChange::Create { mailbox } => {
+                    c.push(5);
+                    s(&mut c, mailbox);
+                    &[]
+                }
+                MailboxChange::Delete { mailbox } => {
+                    c.push(6);
+                    s(&mut c, mailbox);
+                    &[]
+                }
+                MailboxChange::Rename { from, to } => {
+                    c.push(7);
+                    s(&mut c, from);
+                    s(&mut c, to);
+                    &[]
+                }
+            }
         }
     };
     c.extend_from_slice(&(body.len() as u64).to_be_bytes());
@@ -96,6 +170,108 @@ async fn append_get_roundtrip_and_documented_chain() {
         (recs[0].kind.body().len() + big.len()) as u64
     );
     assert!(report.bytes > 0 && report.bytes < report.body_bytes);
+}
+
+fn mailbox(user: &str, change: MailboxChange) -> NewRecord {
+    NewRecord {
+        time_ms: T0,
+        kind: RecordKind::Mailbox(MailboxRecord {
+            user: user.into(),
+            change,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn mailbox_changes_roundtrip_chain_and_wait_for_the_applier() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    let known = MessageRef {
+        uid: 7,
+        trace: Some("L12.0011223344556677".into()),
+        message_id: Some("<a@x>".into()),
+        size: 1234,
+    };
+    let bare = MessageRef {
+        uid: 9,
+        message_id: Some("<b@x>".into()),
+        size: 99,
+        ..Default::default()
+    };
+    let recs = [
+        mailbox(
+            "alice",
+            MailboxChange::Append {
+                mailbox: "Sent".into(),
+                flags: vec!["\\Seen".into()],
+                internal_date: Some("22-Nov-2026 10:00:00 +0000".into()),
+                body: b"Subject: sent\r\n\r\nhello\r\n".repeat(100),
+            },
+        ),
+        mailbox(
+            "alice",
+            MailboxChange::Flags {
+                mailbox: "INBOX".into(),
+                messages: vec![
+                    (known.clone(), vec!["\\Flagged".into()]),
+                    (bare.clone(), vec![]),
+                ],
+            },
+        ),
+        mailbox(
+            "alice",
+            MailboxChange::Expunge {
+                mailbox: "INBOX".into(),
+                messages: vec![bare.clone()],
+            },
+        ),
+        mailbox(
+            "bob",
+            MailboxChange::Copy {
+                from: "INBOX".into(),
+                to: "Archive".into(),
+                messages: vec![known],
+            },
+        ),
+        mailbox(
+            "bob",
+            MailboxChange::Create {
+                mailbox: "A".into(),
+            },
+        ),
+        mailbox(
+            "bob",
+            MailboxChange::Rename {
+                from: "A".into(),
+                to: "B".into(),
+            },
+        ),
+        mailbox(
+            "bob",
+            MailboxChange::Delete {
+                mailbox: "B".into(),
+            },
+        ),
+    ];
+    let mut prev = [0u8; 32];
+    for rec in &recs {
+        let a = j.append(rec.clone()).await.unwrap();
+        let got = j.get(a.seq).unwrap().unwrap();
+        assert_eq!(got.kind, rec.kind);
+        assert_eq!(documented_chain(&prev, &got), got.chain);
+        prev = got.chain;
+    }
+    // Every change waits for the replica's applier like a message does.
+    let waiting: Vec<u64> = j
+        .undelivered(100)
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(waiting, (1..=7).collect::<Vec<u64>>());
+    let report = j.verify().unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.body_bytes, recs[0].kind.body().len() as u64);
 }
 
 #[tokio::test]

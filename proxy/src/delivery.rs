@@ -113,6 +113,10 @@ async fn deliver_due(
             continue;
         };
         let RecordKind::Message(message) = record.kind else {
+            // A mailbox change happened at the primary already; only the replica applies it.
+            let mut done = state.clone();
+            done.status = DeliveryStatus::Delivered;
+            journal.set_state(seq, &done)?;
             continue;
         };
         while running.len() >= config.delivery.workers {

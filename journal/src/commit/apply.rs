@@ -4,7 +4,7 @@ use super::{Batch, WriterState};
 use crate::codec::{Prepared, seq_key};
 use crate::error::JournalError;
 use crate::index::{self, Index};
-use crate::record::{RecordKind, Seq};
+use crate::record::Seq;
 use crate::recovery::write_indexed_through;
 use crate::state::DeliveryState;
 
@@ -28,7 +28,7 @@ impl Sealed {
         let sealed = Sealed {
             seq,
             time_ms: rec.time_ms,
-            is_message: matches!(rec.header, RecordKind::Message(_)),
+            is_message: rec.header.needs_delivery(),
             value,
             entries: index::entries(seq, rec.time_ms, &rec.header),
         };
