@@ -6,11 +6,14 @@
 //! by [`session::Session`].
 
 pub mod caps;
+pub mod conn;
 pub mod framing;
+pub mod identity;
 pub mod migrate;
 pub mod responses;
 pub mod session;
 pub mod state;
+pub mod uidmap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,156 @@
+use super::*;
+
+fn known(uid: u32, name: &str) -> Known {
+    Known {
+        uid,
+        identity: Identity {
+            trace: Some(format!("L{name}.0011223344556677")),
+            message_id: None,
+            size: 100,
+        },
+        flags: Vec::new(),
+    }
+}
+
+fn appended(uid: u32, id: &str, size: u64) -> Known {
+    Known {
+        uid,
+        identity: Identity {
+            trace: None,
+            message_id: Some(id.into()),
+            size,
+        },
+        flags: Vec::new(),
+    }
+}
+
+fn catalogue(messages: Vec<Known>, uidnext: u32) -> Catalogue {
+    Catalogue {
+        uidvalidity: 1111,
+        uidnext,
+        messages: messages.into_iter().map(|k| (k.uid, k)).collect(),
+    }
+}
+
+fn set(text: &str) -> SequenceSet {
+    SequenceSet::try_from(text).unwrap()
+}
+
+fn show(set: &SequenceSet) -> String {
+    use imap_codec::encode::Encoder;
+    let line = imap_codec::CommandCodec::default()
+        .encode(
+            &imap_codec::imap_types::command::Command::new(
+                "a",
+                imap_codec::imap_types::command::CommandBody::fetch(
+                    set.clone(),
+                    imap_codec::imap_types::fetch::MacroOrMessageDataItemNames::Macro(
+                        imap_codec::imap_types::fetch::Macro::Fast,
+                    ),
+                    true,
+                )
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+        .dump();
+    let line = String::from_utf8(line).unwrap();
+    line["a UID FETCH ".len()..line.len() - " FAST\r\n".len()].to_string()
+}
+
+#[test]
+fn same_messages_keep_their_uids_and_new_ones_continue_above_uidnext() {
+    // The primary had 3 messages (UIDs 10, 11, 15; UIDNEXT 16); the replica got them as
+    // 1, 2, 3, then a message that arrived after the failover (4).
+    let primary = catalogue(vec![known(10, "1"), known(11, "2"), known(15, "3")], 16);
+    let replica = [known(1, "1"), known(2, "2"), known(3, "3"), known(4, "4")];
+    let t = Translation::build(&primary, &replica, 2222).unwrap();
+    assert_eq!(t.kept, 3);
+    assert!(t.missing.is_empty());
+    let presented: Vec<_> = (1..=4).map(|r| t.presented(r)).collect();
+    assert_eq!(presented, vec![Some(10), Some(11), Some(15), Some(16)]);
+    assert_eq!(t.presented_uidnext(5), 17);
+    assert_eq!(show(&t.to_replica(&set("11"))), "2");
+    assert_eq!(show(&t.to_replica(&set("1:*"))), "1:*");
+    assert_eq!(show(&t.to_replica(&set("12:15"))), "3");
+    assert_eq!(show(&t.to_replica(&set("16:*"))), "4:*");
+    assert_eq!(show(&t.to_replica(&set("10,15,16"))), "1,3:4");
+    // A UID that names no message still names none.
+    assert_eq!(show(&t.to_replica(&set("12"))), "4294967294");
+    assert_eq!(show(&t.to_presented(&set("2:4"))), "11:16");
+    assert_eq!(show(&t.to_presented(&set("3"))), "15");
+}
+
+#[test]
+fn messages_out_of_order_at_the_replica_lose_only_what_they_must() {
+    // The replica applied 2 before 1: only one of them can keep its UID, the other gets a
+    // free one below.
+    let primary = catalogue(vec![known(3, "1"), known(4, "2"), known(9, "3")], 10);
+    let replica = [known(1, "2"), known(2, "1"), known(3, "3")];
+    let t = Translation::build(&primary, &replica, 9).unwrap();
+    assert_eq!(t.kept, 2);
+    assert_eq!(t.missing.len(), 1);
+    let presented: Vec<_> = (1..=3).map(|r| t.presented(r).unwrap()).collect();
+    assert!(presented.windows(2).all(|w| w[0] < w[1]), "{presented:?}");
+    // The message that lost its UID got one the client never saw.
+    let lost = t.missing[0];
+    assert!(!presented.contains(&lost), "{presented:?} reuses {lost}");
+    // With no free UID below, continuity is impossible.
+    let primary = catalogue(vec![known(1, "1"), known(2, "2"), known(3, "3")], 4);
+    assert_eq!(Translation::build(&primary, &replica, 9), None);
+}
+
+#[test]
+fn messages_the_primary_never_had_fill_gaps_or_give_up() {
+    // The replica has an extra message between two the client knows: it fits into the
+    // free UID 2 (the client never saw UID 2).
+    let primary = catalogue(vec![known(1, "1"), known(3, "3")], 4);
+    let replica = [known(1, "1"), known(2, "x"), known(3, "3")];
+    let t = Translation::build(&primary, &replica, 9).unwrap();
+    assert_eq!(t.presented(2), Some(2));
+    // With no free UID between them, continuity is impossible.
+    let primary = catalogue(vec![known(1, "1"), known(2, "2")], 3);
+    let replica = [known(1, "1"), known(2, "x"), known(3, "2")];
+    assert_eq!(Translation::build(&primary, &replica, 9), None);
+}
+
+#[test]
+fn appended_messages_pair_by_message_id_and_size() {
+    let primary = catalogue(
+        vec![
+            appended(5, "<a@x>", 10),
+            appended(6, "<a@x>", 10),
+            appended(7, "<b@x>", 20),
+        ],
+        8,
+    );
+    let replica = [
+        appended(1, "<a@x>", 10),
+        appended(2, "<a@x>", 10),
+        appended(3, "<b@x>", 21),
+    ];
+    let t = Translation::build(&primary, &replica, 9).unwrap();
+    assert_eq!(t.kept, 2);
+    assert_eq!(t.missing, vec![7]);
+    assert_eq!((t.presented(1), t.presented(2)), (Some(5), Some(6)));
+    assert_eq!(t.presented(3), Some(8));
+}
+
+#[test]
+fn a_message_expunged_at_the_replica_is_missing() {
+    let primary = catalogue(vec![known(1, "1"), known(2, "2"), known(3, "3")], 4);
+    let replica = [known(1, "1"), known(3, "3")];
+    let t = Translation::build(&primary, &replica, 9).unwrap();
+    assert_eq!(t.missing, vec![2]);
+    assert_eq!(show(&t.to_replica(&set("1:3"))), "1:3");
+    assert_eq!(show(&t.to_replica(&set("2"))), "4294967294");
+}
+
+#[test]
+fn an_empty_catalogue_presents_replica_uids_above_uidnext() {
+    let primary = catalogue(Vec::new(), 50);
+    let replica = [known(1, "1"), known(2, "2")];
+    let t = Translation::build(&primary, &replica, 9).unwrap();
+    assert_eq!((t.presented(1), t.presented(2)), (Some(50), Some(51)));
+    assert_eq!(show(&t.to_replica(&set("50:51"))), "1:2");
+}
