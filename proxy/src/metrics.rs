@@ -28,6 +28,9 @@ pub const EPOCH: &str = "levee_epoch";
 pub const FAILOVER_TRANSITIONS: &str = "levee_failover_transitions_total";
 pub const IMAP_MIGRATIONS: &str = "levee_imap_migrations_total";
 pub const IMAP_PROTOCOL_ERRORS: &str = "levee_imap_protocol_errors_total";
+pub const IMAP_CHANGES_JOURNALED: &str = "levee_imap_changes_journaled_total";
+pub const IMAP_CHANGES_LOST: &str = "levee_imap_changes_lost_total";
+pub const IMAP_UID_CONTINUITY_LOST: &str = "levee_imap_uid_continuity_lost_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
 
 fn describe() {
@@ -71,6 +74,18 @@ fn describe() {
     describe_counter!(
         IMAP_PROTOCOL_ERRORS,
         "IMAP sessions ended for protocol abuse (over-long lines, STARTTLS injection)"
+    );
+    describe_counter!(
+        IMAP_CHANGES_JOURNALED,
+        "Mailbox changes made by IMAP clients at the primary and journaled for the replica"
+    );
+    describe_counter!(
+        IMAP_CHANGES_LOST,
+        "Mailbox changes that could not be journaled (the replica will not see them)"
+    );
+    describe_counter!(
+        IMAP_UID_CONTINUITY_LOST,
+        "Mailboxes whose messages at the replica could not keep the primary's UIDs"
     );
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
     levee_journal::metrics::describe();

@@ -11,6 +11,7 @@ use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::fetch::MessageDataItem;
 use imap_codec::imap_types::flag::FlagFetch;
+use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Data, Response};
 use levee_journal::MessageRef;
 
@@ -113,6 +114,24 @@ pub fn command(text: &str) -> CommandBody<'static> {
     match CommandCodec::default().decode(line.as_bytes()) {
         Ok((_, command)) => command.body.into_static(),
         Err(err) => unreachable!("levee's own command {text:?} does not parse: {err:?}"),
+    }
+}
+
+/// EXAMINE of a mailbox named as a session named it.
+pub fn examine(name: &str) -> Result<CommandBody<'static>, ConnError> {
+    let mailbox = Mailbox::try_from(name.to_string())
+        .map_err(|_| ConnError::Protocol(format!("mailbox name {name:?}")))?;
+    Ok(CommandBody::Examine {
+        mailbox,
+        parameters: Vec::new(),
+    })
+}
+
+/// A mailbox's name as levee keys it (`INBOX` in any case is INBOX).
+pub fn mailbox_name(mailbox: &Mailbox<'_>) -> String {
+    match mailbox {
+        Mailbox::Inbox => "INBOX".to_string(),
+        Mailbox::Other(other) => String::from_utf8_lossy(other.as_ref()).into_owned(),
     }
 }
 

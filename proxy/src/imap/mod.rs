@@ -6,13 +6,17 @@
 //! by [`session::Session`].
 
 pub mod caps;
+pub mod changes;
 pub mod conn;
 pub mod framing;
 pub mod identity;
 pub mod migrate;
+pub mod registry;
 pub mod responses;
+pub mod rewrite;
 pub mod session;
 pub mod state;
+pub mod tracker;
 pub mod uidmap;
 
 use std::net::SocketAddr;

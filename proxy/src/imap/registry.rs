@@ -1,0 +1,264 @@
+//! The mailboxes levee follows at the primary, shared by every session of a user: what
+//! levee knows of each ([`Catalogue`], kept after the sessions end so that a client coming
+//! back after a failover still keeps its UIDs), the journal writer for mailbox changes, and
+//! the UID translations built for sessions on the replica.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use levee_journal::{
+    DeliveryState, DeliveryStatus, Journal, MailboxChange, MailboxRecord, NewRecord, RecordKind,
+};
+use tokio::sync::{Notify, OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{self, Conn};
+use super::identity::{self, fetch_known};
+use super::state::Credentials;
+use super::tracker;
+use super::uidmap::{Catalogue, Translation};
+use crate::failover::driver::Failover;
+use crate::smtp::now_ms;
+
+/// A user's mailbox.
+pub type Key = (String, String);
+
+/// One mailbox levee follows.
+#[derive(Debug)]
+pub struct Followed {
+    pub key: Key,
+    pub catalogue: Mutex<Catalogue>,
+    /// Something changed it: look again now.
+    pub poke: Notify,
+    /// The catalogue has been filled once.
+    pub ready: Notify,
+    sessions: Mutex<usize>,
+    stop: Mutex<Option<CancellationToken>>,
+}
+
+impl Followed {
+    pub fn catalogue(&self) -> MutexGuard<'_, Catalogue> {
+        self.catalogue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Shared by every IMAP session.
+#[derive(Debug)]
+pub struct Registry {
+    followed: Mutex<HashMap<Key, Arc<Followed>>>,
+    translations: Mutex<HashMap<Key, Arc<OnceCell<Option<Arc<Translation>>>>>>,
+    changes: mpsc::UnboundedSender<MailboxRecord>,
+    failover: Option<Failover>,
+    shutdown: CancellationToken,
+    limit: Duration,
+}
+
+/// A session's hold on a followed mailbox; the following stops with the last one.
+#[derive(Debug)]
+pub struct Following {
+    followed: Arc<Followed>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut sessions = self
+            .followed
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *sessions -= 1;
+        if *sessions == 0
+            && let Some(stop) = self
+                .followed
+                .stop
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        {
+            stop.cancel();
+        }
+    }
+}
+
+impl Following {
+    pub fn followed(&self) -> &Arc<Followed> {
+        &self.followed
+    }
+}
+
+impl Registry {
+    /// Starts the writer that journals mailbox changes in the order they are reported.
+    pub fn start(
+        journal: Journal,
+        failover: Option<Failover>,
+        limit: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Registry> {
+        let (changes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_changes(journal, queue));
+        Arc::new(Registry {
+            followed: Mutex::new(HashMap::new()),
+            translations: Mutex::new(HashMap::new()),
+            changes,
+            failover,
+            shutdown,
+            limit,
+        })
+    }
+
+    /// Follows `mailbox` of the user logged in with `login` at the primary's `addr`.
+    pub fn follow(&self, login: &Credentials, mailbox: &str, addr: SocketAddr) -> Following {
+        let key = (login.user.clone(), mailbox.to_string());
+        let followed = self
+            .lock_followed()
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Followed {
+                    key,
+                    catalogue: Mutex::new(Catalogue::default()),
+                    poke: Notify::new(),
+                    ready: Notify::new(),
+                    sessions: Mutex::new(0),
+                    stop: Mutex::new(None),
+                })
+            })
+            .clone();
+        *followed.sessions.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let mut stop = followed.stop.lock().unwrap_or_else(|p| p.into_inner());
+        if stop.is_none() {
+            let token = self.shutdown.child_token();
+            *stop = Some(token.clone());
+            let follower = tracker::Follower {
+                followed: followed.clone(),
+                login: login.clone(),
+                addr,
+                changes: self.changes.clone(),
+                failover: self.failover.clone(),
+                limit: self.limit,
+            };
+            tokio::spawn(follower.run(token));
+        }
+        drop(stop);
+        Following { followed }
+    }
+
+    /// What levee knows of a mailbox at the primary, if it followed it.
+    pub fn catalogue(&self, key: &Key) -> Option<Catalogue> {
+        let followed = self.lock_followed().get(key).cloned()?;
+        let catalogue = followed.catalogue().clone();
+        (catalogue.uidvalidity != 0).then_some(catalogue)
+    }
+
+    /// Looks at a followed mailbox again now (a session just changed it).
+    pub fn poke(&self, key: &Key) {
+        if let Some(followed) = self.lock_followed().get(key) {
+            followed.poke.notify_one();
+        }
+    }
+
+    /// Journals a change a session saw the server accept.
+    pub fn record(&self, user: &str, change: MailboxChange) {
+        let _ = self.changes.send(MailboxRecord {
+            user: user.to_string(),
+            change,
+        });
+    }
+
+    /// The translation for a session on the replica (`addr`) with `mailbox` selected:
+    /// built once per mailbox, shared by every session of the user. `None` when levee never
+    /// followed the mailbox or continuity is impossible.
+    pub async fn translation(
+        &self,
+        login: &Credentials,
+        mailbox: &str,
+        addr: SocketAddr,
+    ) -> Option<Arc<Translation>> {
+        let key = (login.user.clone(), mailbox.to_string());
+        let catalogue = self.catalogue(&key)?;
+        let cell = self
+            .translations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let built = cell
+            .get_or_try_init(|| async {
+                let work = async {
+                    let mut conn = Conn::open(addr).await?;
+                    conn.login(login).await?;
+                    let examined = conn.run(identity::examine(mailbox)?).await?;
+                    let (validity, _) = tracker::uid_codes(&examined);
+                    let replica = fetch_known(&mut conn, 1).await?;
+                    Ok::<_, conn::ConnError>((validity, replica))
+                };
+                let (validity, replica) = conn::within(self.limit, work).await?;
+                let translation = Translation::build(&catalogue, &replica, validity);
+                match &translation {
+                    Some(t) => tracing::info!(
+                        user = %key.0, mailbox = %key.1, kept = t.kept, missing = t.missing.len(),
+                        "UIDs at the replica translated to the primary's"
+                    ),
+                    None => {
+                        metrics::counter!(crate::metrics::IMAP_UID_CONTINUITY_LOST).increment(1);
+                        tracing::warn!(
+                            user = %key.0, mailbox = %key.1,
+                            "the replica's messages cannot keep the primary's UIDs; clients will resynchronize this mailbox"
+                        );
+                    }
+                }
+                Ok::<_, conn::ConnError>(translation.map(Arc::new))
+            })
+            .await;
+        match built {
+            Ok(translation) => translation.clone(),
+            Err(err) => {
+                tracing::warn!(user = %key.0, mailbox = %key.1, %err, "no UID translation");
+                None
+            }
+        }
+    }
+
+    /// Forgets every translation (the sessions are back on the primary).
+    pub fn forget_translations(&self) {
+        self.translations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn lock_followed(&self) -> MutexGuard<'_, HashMap<Key, Arc<Followed>>> {
+        self.followed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Appends each change to the journal, in order. At the primary a change has happened
+/// already: its state says so at once (only the replica's applier has work to do).
+async fn write_changes(journal: Journal, mut queue: mpsc::UnboundedReceiver<MailboxRecord>) {
+    while let Some(record) = queue.recv().await {
+        let change = record.change.name();
+        let new = NewRecord {
+            time_ms: now_ms(),
+            kind: RecordKind::Mailbox(record),
+        };
+        match journal.append(new).await {
+            Ok(appended) => {
+                let mut state = DeliveryState::pending(now_ms());
+                state.status = DeliveryStatus::Delivered;
+                state.last_reply = Some("made at the primary by the client".into());
+                if let Err(err) = journal.set_state(appended.seq, &state) {
+                    tracing::warn!(%err, seq = appended.seq, "cannot mark a mailbox change");
+                }
+                metrics::counter!(crate::metrics::IMAP_CHANGES_JOURNALED, "change" => change)
+                    .increment(1);
+                tracing::debug!(seq = appended.seq, change, "mailbox change journaled");
+            }
+            Err(err) => {
+                metrics::counter!(crate::metrics::IMAP_CHANGES_LOST).increment(1);
+                tracing::error!(%err, change, "a mailbox change could not be journaled; the replica will not see it");
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Applying a [`Translation`] to the stream: UID sets in the client's commands become the
+//! replica's, and UIDs in the server's responses become the ones the client knows.
+//!
+//! Commands are decoded already (imap-codec), so they are changed as values and encoded
+//! again. Responses are streamed: only their first line is held ([`super::responses`]),
+//! and for a FETCH that line holds the UID (servers send it before any literal), so the
+//! heads are rewritten as text.
+
+use imap_codec::CommandCodec;
+use imap_codec::encode::{Encoder, Fragment};
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::LiteralMode;
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+
+use super::framing::ClientMessage;
+use super::uidmap::Translation;
+
+/// The command with its UID sets in the replica's terms, or `None` when it has none.
+pub fn command(command: &Command<'_>, t: &Translation) -> Option<ClientMessage> {
+    let mut command = command.clone();
+    let changed = match &mut command.body {
+        CommandBody::Fetch {
+            sequence_set,
+            uid: true,
+            ..
+        }
+        | CommandBody::Store {
+            sequence_set,
+            uid: true,
+            ..
+        }
+        | CommandBody::Copy {
+            sequence_set,
+            uid: true,
+            ..
+        }
+        | CommandBody::Move {
+            sequence_set,
+            uid: true,
+            ..
+        }
+        | CommandBody::ExpungeUid { sequence_set } => {
+            *sequence_set = t.to_replica(sequence_set);
+            true
+        }
+        CommandBody::Search { criteria, .. } => {
+            let (keys, changed) = search_keys(criteria.clone().into_inner(), t);
+            if let Ok(keys) = keys.try_into() {
+                *criteria = keys;
+            }
+            changed
+        }
+        _ => false,
+    };
+    changed.then(|| encode(&command))
+}
+
+fn search_keys<'a>(keys: Vec<SearchKey<'a>>, t: &Translation) -> (Vec<SearchKey<'a>>, bool) {
+    let mut changed = false;
+    let keys = keys
+        .into_iter()
+        .map(|key| {
+            let (key, c) = search_key(key, t);
+            changed |= c;
+            key
+        })
+        .collect();
+    (keys, changed)
+}
+
+fn search_key<'a>(key: SearchKey<'a>, t: &Translation) -> (SearchKey<'a>, bool) {
+    match key {
+        SearchKey::Uid(set) => (SearchKey::Uid(t.to_replica(&set)), true),
+        SearchKey::And(keys) => {
+            let (inner, changed) = search_keys(keys.clone().into_inner(), t);
+            match inner.try_into() {
+                Ok(inner) => (SearchKey::And(inner), changed),
+                Err(_) => (SearchKey::And(keys), false),
+            }
+        }
+        SearchKey::Not(inner) => {
+            let (inner, changed) = search_key(*inner, t);
+            (SearchKey::Not(Box::new(inner)), changed)
+        }
+        SearchKey::Or(a, b) => {
+            let (a, ca) = search_key(*a, t);
+            let (b, cb) = search_key(*b, t);
+            (SearchKey::Or(Box::new(a), Box::new(b)), ca | cb)
+        }
+        other => (other, false),
+    }
+}
+
+fn encode(command: &Command<'_>) -> ClientMessage {
+    let mut bytes = Vec::new();
+    let mut sync_points = Vec::new();
+    for fragment in CommandCodec::default().encode(command) {
+        match fragment {
+            Fragment::Line { data } => bytes.extend_from_slice(&data),
+            Fragment::Literal { data, mode } => {
+                if mode == LiteralMode::Sync {
+                    sync_points.push(bytes.len());
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+    }
+    ClientMessage { bytes, sync_points }
+}
+
+/// The response head with replica UIDs turned into the client's, or `None` if it has
+/// none. `uid_search`: a UID SEARCH is in flight, so `* SEARCH` lists UIDs.
+pub fn response_head(line: &[u8], t: &Translation, uid_search: bool) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let upper = text.to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_ascii_whitespace().collect();
+    match words.as_slice() {
+        ["*", "OK", code, ..] if code.starts_with("[UIDVALIDITY") => {
+            Some(replace_number_after(text, "[UIDVALIDITY ", |_| {
+                Some(t.primary_validity)
+            }))
+        }
+        ["*", "OK", code, ..] if code.starts_with("[UIDNEXT") => {
+            Some(replace_number_after(text, "[UIDNEXT ", |n| {
+                Some(t.presented_uidnext(n))
+            }))
+        }
+        [_, "OK", code, ..] if code.starts_with("[COPYUID") => copyuid(text, t),
+        ["*", n, "FETCH", ..] if n.bytes().all(|b| b.is_ascii_digit()) => fetch(text, t),
+        ["*", "SEARCH", ..] if uid_search => Some(search(text, t)),
+        ["*", "VANISHED", ..] => vanished(text, t),
+        ["*", "ESEARCH", ..] if upper.contains(" UID") => esearch(text, t),
+        _ => None,
+    }
+}
+
+/// Replaces the number right after `marker` (matched case-insensitively).
+fn replace_number_after(text: &str, marker: &str, map: impl Fn(u32) -> Option<u32>) -> Vec<u8> {
+    let upper = text.to_ascii_uppercase();
+    let Some(at) = upper.find(marker) else {
+        return text.as_bytes().to_vec();
+    };
+    let start = at + marker.len();
+    let end = start + text[start..].bytes().take_while(u8::is_ascii_digit).count();
+    let Some(mapped) = text[start..end].parse().ok().and_then(map) else {
+        return text.as_bytes().to_vec();
+    };
+    format!("{}{mapped}{}", &text[..start], &text[end..]).into_bytes()
+}
+
+/// `* n FETCH (... UID m ...)`: the UID item at the top level of the list.
+fn fetch(text: &str, t: &Translation) -> Option<Vec<u8>> {
+    let open = text.find('(')?;
+    let bytes = text.as_bytes();
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    let mut i = open;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if quoted {
+            match (escaped, b) {
+                (false, b'\\') => escaped = true,
+                (false, b'"') => quoted = false,
+                _ => escaped = false,
+            }
+        } else {
+            match b {
+                b'"' => quoted = true,
+                b'(' | b'[' => depth += 1,
+                b')' | b']' => depth = depth.saturating_sub(1),
+                _ if depth == 1
+                    && matches!(bytes[i - 1], b'(' | b' ')
+                    && text[i..].len() > 4
+                    && text[i..i + 4].eq_ignore_ascii_case("UID ") =>
+                {
+                    let start = i + 4;
+                    let end = start + text[start..].bytes().take_while(u8::is_ascii_digit).count();
+                    let uid = text[start..end].parse().ok()?;
+                    let presented = t.presented(uid)?;
+                    return Some(
+                        format!("{}{presented}{}", &text[..start], &text[end..]).into_bytes(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `* SEARCH 1 2 3 [(MODSEQ n)]`: each number is a UID.
+fn search(text: &str, t: &Translation) -> Vec<u8> {
+    let body = text.trim_end();
+    let (list, modseq) = match body.find(" (") {
+        Some(at) => (&body[..at], &body[at..]),
+        None => (body, ""),
+    };
+    let mut out = String::from("* SEARCH");
+    for word in list.split_ascii_whitespace().skip(2) {
+        if let Some(presented) = word.parse().ok().and_then(|uid| t.presented(uid)) {
+            out.push(' ');
+            out.push_str(&presented.to_string());
+        }
+    }
+    out.push_str(modseq);
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// `* VANISHED [(EARLIER)] set`.
+fn vanished(text: &str, t: &Translation) -> Option<Vec<u8>> {
+    let body = text.trim_end();
+    let at = body.rfind(' ')?;
+    let set = translate_set(&body[at + 1..], t)?;
+    Some(format!("{} {set}\r\n", &body[..at]).into_bytes())
+}
+
+/// `a OK [COPYUID validity source-uids dest-uids] ...`: the source UIDs are this mailbox's.
+fn copyuid(text: &str, t: &Translation) -> Option<Vec<u8>> {
+    let upper = text.to_ascii_uppercase();
+    let at = upper.find("[COPYUID ")? + "[COPYUID ".len();
+    let rest = &text[at..];
+    let mut parts = rest.splitn(3, ' ');
+    let validity = parts.next()?;
+    let source = parts.next()?;
+    let tail = parts.next()?;
+    let source = translate_set(source, t)?;
+    Some(format!("{}{validity} {source} {tail}", &text[..at]).into_bytes())
+}
+
+/// `* ESEARCH (TAG "a") UID ALL set MIN n MAX n COUNT n`.
+fn esearch(text: &str, t: &Translation) -> Option<Vec<u8>> {
+    let body = text.trim_end();
+    let mut out: Vec<String> = Vec::new();
+    let mut words = body.split(' ').peekable();
+    while let Some(word) = words.next() {
+        out.push(word.to_string());
+        let upper = word.to_ascii_uppercase();
+        if matches!(upper.as_str(), "ALL" | "MIN" | "MAX")
+            && let Some(value) = words.next()
+        {
+            out.push(translate_set(value, t).unwrap_or_else(|| value.to_string()));
+        }
+    }
+    Some(format!("{}\r\n", out.join(" ")).into_bytes())
+}
+
+fn translate_set(text: &str, t: &Translation) -> Option<String> {
+    let set = SequenceSet::try_from(text).ok()?;
+    let presented = t.to_presented(&set);
+    let command = Command::new(
+        "x",
+        CommandBody::ExpungeUid {
+            sequence_set: presented,
+        },
+    )
+    .ok()?;
+    let line = CommandCodec::default().encode(&command).dump();
+    let line = String::from_utf8(line).ok()?;
+    Some(line.trim_end().rsplit(' ').next()?.to_string())
+}
+
+#[cfg(test)]
+#[path = "rewrite_tests.rs"]
+mod tests;

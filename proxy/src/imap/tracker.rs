@@ -1,0 +1,230 @@
+//! Following one mailbox at the primary on levee's own connection (logged in as the user,
+//! the mailbox EXAMINEd, in IDLE between looks): it keeps the [`Catalogue`] current for UID
+//! continuity, and journals what clients changed — flags and expunges — so the replica's
+//! applier can do the same.
+//!
+//! It journals only while the primary is the active backend. After a failover it stops and
+//! the catalogue stays as it was: a primary that comes back must never be able to tell the
+//! replica that mail is gone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imap_codec::imap_types::response::{Code, Data, Response, Status};
+use levee_journal::{MailboxChange, MailboxRecord};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::{self, Conn, ConnError};
+use super::identity::{self, fetch_known};
+use super::registry::Followed;
+use super::state::Credentials;
+use crate::failover::controller::Backend;
+use crate::failover::driver::Failover;
+
+/// Longest stay in IDLE without a look (servers drop IDLE after 30 minutes).
+const IDLE_AT_MOST: Duration = Duration::from_secs(25 * 60);
+/// Pause before connecting again after a failure.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The task that follows one mailbox.
+#[derive(Debug)]
+pub struct Follower {
+    pub followed: Arc<Followed>,
+    pub login: Credentials,
+    pub addr: SocketAddr,
+    pub changes: mpsc::UnboundedSender<MailboxRecord>,
+    pub failover: Option<Failover>,
+    pub limit: Duration,
+}
+
+impl Follower {
+    pub async fn run(self, stop: CancellationToken) {
+        let (user, mailbox) = self.followed.key.clone();
+        loop {
+            if !self.primary_active() {
+                tracing::debug!(%user, %mailbox, "the primary is not active; no longer following");
+                return;
+            }
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                result = self.follow() => result,
+            };
+            if let Err(err) = result {
+                tracing::debug!(%user, %mailbox, %err, "following the mailbox failed; again shortly");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+
+    fn primary_active(&self) -> bool {
+        self.failover
+            .as_ref()
+            .is_none_or(|f| f.active().backend == Backend::Primary)
+    }
+
+    async fn follow(&self) -> Result<(), ConnError> {
+        let (_, mailbox) = &self.followed.key;
+        let mut conn = conn::within(self.limit, async {
+            let mut conn = Conn::open(self.addr).await?;
+            conn.login(&self.login).await?;
+            Ok(conn)
+        })
+        .await?;
+        let examined = conn.run(identity::examine(mailbox)?).await?;
+        let (validity, uidnext) = uid_codes(&examined);
+        {
+            let mut catalogue = self.followed.catalogue();
+            if catalogue.uidvalidity != validity {
+                // A new mailbox under the same name: nothing known carries over.
+                catalogue.messages.clear();
+                catalogue.uidvalidity = validity;
+            }
+            catalogue.uidnext = uidnext;
+        }
+        let mut first = true;
+        loop {
+            self.look(&mut conn).await?;
+            if first {
+                self.followed.ready.notify_waiters();
+                first = false;
+            }
+            self.idle(&mut conn).await?;
+            if !self.primary_active() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Brings the catalogue up to date and journals what changed since the last look.
+    async fn look(&self, conn: &mut Conn) -> Result<(), ConnError> {
+        let flags = conn
+            .run(identity::command("UID FETCH 1:* (UID FLAGS)"))
+            .await?;
+        let now: BTreeMap<u32, Vec<String>> = flags.into_iter().filter_map(uid_flags).collect();
+        let next = self.followed.catalogue().uidnext;
+        let from = self
+            .followed
+            .catalogue()
+            .messages
+            .keys()
+            .next_back()
+            .map_or(1, |last| last + 1)
+            .min(next.max(1));
+        let new = if now.range(from..).next().is_some() {
+            fetch_known(conn, from).await?
+        } else {
+            Vec::new()
+        };
+        let (_, mailbox) = &self.followed.key;
+        let mut expunged = Vec::new();
+        let mut flagged = Vec::new();
+        {
+            let mut catalogue = self.followed.catalogue();
+            catalogue.messages.retain(|uid, known| match now.get(uid) {
+                None => {
+                    expunged.push(known.identity.to_ref(*uid));
+                    false
+                }
+                Some(flags) => {
+                    if *flags != known.flags {
+                        known.flags = flags.clone();
+                        flagged.push((known.identity.to_ref(*uid), flags.clone()));
+                    }
+                    true
+                }
+            });
+            for known in new {
+                catalogue.uidnext = catalogue.uidnext.max(known.uid + 1);
+                catalogue.messages.insert(known.uid, known);
+            }
+        }
+        // Journal only while the primary is active: after a failover, what the primary
+        // says is not news for the replica.
+        if !self.primary_active() {
+            return Ok(());
+        }
+        let user = &self.followed.key.0;
+        if !flagged.is_empty() {
+            self.send(
+                user,
+                MailboxChange::Flags {
+                    mailbox: mailbox.clone(),
+                    messages: flagged,
+                },
+            );
+        }
+        if !expunged.is_empty() {
+            self.send(
+                user,
+                MailboxChange::Expunge {
+                    mailbox: mailbox.clone(),
+                    messages: expunged,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn send(&self, user: &str, change: MailboxChange) {
+        let _ = self.changes.send(MailboxRecord {
+            user: user.to_string(),
+            change,
+        });
+    }
+
+    /// IDLE until the server reports something, a session pokes, or a while has passed.
+    async fn idle(&self, conn: &mut Conn) -> Result<(), ConnError> {
+        let tag = conn.send(identity::command("IDLE")).await?;
+        match conn.response().await? {
+            Response::CommandContinuationRequest(_) => {}
+            other => return Err(ConnError::Refused(format!("IDLE: {other:?}"))),
+        }
+        tokio::select! {
+            response = conn.response() => { response?; }
+            _ = self.followed.poke.notified() => {}
+            _ = tokio::time::sleep(IDLE_AT_MOST) => {}
+        }
+        conn.send_raw(b"DONE\r\n").await?;
+        conn.complete(&tag).await.map(drop)
+    }
+}
+
+/// UIDVALIDITY and UIDNEXT from the responses to a SELECT or EXAMINE (0 when absent).
+pub fn uid_codes(responses: &[Response<'_>]) -> (u32, u32) {
+    let mut validity = 0;
+    let mut next = 0;
+    for response in responses {
+        if let Response::Status(Status::Untagged(body)) = response {
+            match body.code {
+                Some(Code::UidValidity(v)) => validity = v.get(),
+                Some(Code::UidNext(n)) => next = n.get(),
+                _ => {}
+            }
+        }
+    }
+    (validity, next)
+}
+
+fn uid_flags(response: Response<'static>) -> Option<(u32, Vec<String>)> {
+    let Response::Data(Data::Fetch { items, .. }) = response else {
+        return None;
+    };
+    let mut uid = None;
+    let mut flags = Vec::new();
+    for item in items.as_ref() {
+        match item {
+            imap_codec::imap_types::fetch::MessageDataItem::Uid(n) => uid = Some(n.get()),
+            imap_codec::imap_types::fetch::MessageDataItem::Flags(list) => {
+                flags = identity::flag_names(list);
+            }
+            _ => {}
+        }
+    }
+    Some((uid?, flags))
+}
