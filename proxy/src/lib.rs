@@ -130,11 +130,18 @@ pub async fn run(
             slots.clone(),
         ));
     }
+    let registry = imap::registry::Registry::start(
+        journal.clone(),
+        failover.clone(),
+        config.imap.connect_timeout.max(std::time::Duration::from_secs(30)),
+        shutdown.clone(),
+    );
     let imap = Arc::new(imap::ImapShared {
         config: config.clone(),
         tls: shared.tls.clone(),
         shutdown: shutdown.clone(),
         failover: failover.clone(),
+        registry,
     });
     let imap_slots = Arc::new(Semaphore::new(config.imap.max_connections));
     for spec in &config.imap.listen {

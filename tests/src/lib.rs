@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod clients;
+pub mod imap_steps;
 pub mod levee;
 pub mod load;
 

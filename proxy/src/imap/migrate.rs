@@ -239,6 +239,7 @@ impl Session {
                 self.up_write = write;
                 self.scanner = ResponseScanner::default();
                 self.backend = target;
+                self.arrive(pump).await;
                 if let Some(exists) = rebuilt.exists {
                     pump.say(exists.as_bytes());
                 }

@@ -8,6 +8,7 @@
 pub mod caps;
 pub mod changes;
 pub mod conn;
+mod continuity;
 pub mod framing;
 pub mod identity;
 pub mod migrate;
@@ -43,6 +44,8 @@ pub struct ImapShared {
     pub shutdown: CancellationToken,
     /// The active backend, when a replica site is configured.
     pub failover: Option<Failover>,
+    /// Followed mailboxes, journaled changes and UID translations.
+    pub registry: Arc<registry::Registry>,
 }
 
 impl ImapShared {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use levee_journal::{
     DeliveryState, DeliveryStatus, Journal, MailboxChange, MailboxRecord, NewRecord, RecordKind,
 };
-use tokio::sync::{Notify, OnceCell, mpsc};
+use tokio::sync::{Notify, OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, Conn};
@@ -25,6 +25,9 @@ use crate::smtp::now_ms;
 /// A user's mailbox.
 pub type Key = (String, String);
 
+/// A translation built at most once (`None` inside: continuity is impossible).
+type TranslationCell = OnceCell<Option<Arc<Translation>>>;
+
 /// One mailbox levee follows.
 #[derive(Debug)]
 pub struct Followed {
@@ -33,7 +36,7 @@ pub struct Followed {
     /// Something changed it: look again now.
     pub poke: Notify,
     /// The catalogue has been filled once.
-    pub ready: Notify,
+    pub ready: watch::Sender<bool>,
     sessions: Mutex<usize>,
     stop: Mutex<Option<CancellationToken>>,
 }
@@ -48,7 +51,7 @@ impl Followed {
 #[derive(Debug)]
 pub struct Registry {
     followed: Mutex<HashMap<Key, Arc<Followed>>>,
-    translations: Mutex<HashMap<Key, Arc<OnceCell<Option<Arc<Translation>>>>>>,
+    translations: Mutex<HashMap<Key, Arc<TranslationCell>>>,
     changes: mpsc::UnboundedSender<MailboxRecord>,
     failover: Option<Failover>,
     shutdown: CancellationToken,
@@ -83,8 +86,11 @@ impl Drop for Following {
 }
 
 impl Following {
-    pub fn followed(&self) -> &Arc<Followed> {
-        &self.followed
+    /// Waits (at most `limit`) until levee knows the mailbox: a change the client makes
+    /// from then on is seen as a change.
+    pub async fn ready(&self, limit: Duration) {
+        let mut ready = self.followed.ready.subscribe();
+        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
     }
 }
 
@@ -119,7 +125,7 @@ impl Registry {
                     key,
                     catalogue: Mutex::new(Catalogue::default()),
                     poke: Notify::new(),
-                    ready: Notify::new(),
+                    ready: watch::Sender::new(false),
                     sessions: Mutex::new(0),
                     stop: Mutex::new(None),
                 })

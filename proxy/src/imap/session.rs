@@ -23,8 +23,10 @@ use tokio::time::Instant;
 use super::ImapShared;
 use super::caps::{self, ClientTls};
 use super::framing::{ClientEvent, ClientFramer, ClientMessage};
+use super::registry::Following;
 use super::responses::{Piece, ResponseScanner};
 use super::state::{SessionState, tagged_status};
+use super::uidmap::Translation;
 use crate::failover::controller::Backend;
 use crate::failover::driver::Active;
 use tokio::sync::watch;
@@ -32,6 +34,8 @@ use tokio::sync::watch;
 /// Bytes waiting in either outbox before levee stops reading from the other side.
 const OUTBOX_LIMIT: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Longest a SELECT's OK waits for levee to know the mailbox at the primary.
+const CATALOGUE_WAIT: Duration = Duration::from_secs(5);
 
 /// How a call to [`Session::serve`] ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +76,14 @@ pub struct Session {
     /// After a migration during IDLE: the tag levee used for IDLE upstream, and the
     /// client's, whose completion the client must see.
     pub(super) idle_alias: Option<(String, String)>,
+    /// levee follows the selected mailbox at the primary while this is held.
+    pub(super) following: Option<Following>,
+    /// On the replica: how the primary's UIDs the client knows map to the replica's.
+    pub(super) translation: Option<Arc<Translation>>,
+    /// A SELECT went to the replica: its translation is needed before its responses.
+    pub(super) translate_next: Option<String>,
+    /// A SELECT completed at the primary: the client hears OK once levee knows the mailbox.
+    pub(super) await_catalogue: bool,
 }
 
 impl Session {
@@ -105,6 +117,10 @@ impl Session {
             active,
             migrate_pending: false,
             idle_alias: None,
+            following: None,
+            translation: None,
+            translate_next: None,
+            await_catalogue: false,
         }
     }
 
@@ -173,6 +189,11 @@ impl Session {
                             self.scanner.push(&from_upstream);
                             from_upstream.clear();
                             self.relay_responses(pump);
+                            if std::mem::take(&mut self.await_catalogue)
+                                && let Some(following) = &self.following
+                            {
+                                following.ready(CATALOGUE_WAIT).await;
+                            }
                             if self.migrate_pending && self.can_migrate() {
                                 self.migrate_to_active(pump).await;
                             }
@@ -199,6 +220,9 @@ impl Session {
                             from_client.clear();
                             deadline = self.deadline();
                             self.take_client_messages(pump);
+                            if let Some(mailbox) = self.translate_next.take() {
+                                self.translation = self.translation_for(&mailbox).await;
+                            }
                         }
                         _ => {
                             tracing::debug!("client went away");
@@ -354,9 +378,16 @@ impl Session {
                 pump.say(format!("{tag} NO [CANNOT] COMPRESS is not available\r\n").as_bytes());
                 return;
             }
+            CommandBody::Select { mailbox, .. } | CommandBody::Examine { mailbox, .. } => {
+                self.translation = None;
+                if self.backend == Backend::Replica {
+                    self.translate_next = Some(super::identity::mailbox_name(mailbox));
+                }
+            }
             _ => {}
         }
         self.state.command_sent(&command);
+        let message = self.translated(&command).unwrap_or(message);
         self.send_upstream(message);
     }
 
@@ -390,7 +421,9 @@ impl Session {
         {
             // The IDLE levee re-entered after a migration ends: under the client's tag.
             self.idle_alias = None;
-            self.state.completed(&client_tag, status);
+            if let Some(finished) = self.state.completed(&client_tag, status) {
+                self.finished(finished);
+            }
             let mut renamed = client_tag.into_bytes();
             renamed.extend_from_slice(&line[upstream_tag.len()..]);
             pump.say(&renamed);
@@ -400,7 +433,13 @@ impl Session {
             self.state.enabled(&String::from_utf8_lossy(&line));
         } else if let Some((tag, status)) = tagged_status(&line) {
             let tag = tag.to_string();
-            self.state.completed(&tag, status);
+            if let Some(finished) = self.state.completed(&tag, status) {
+                self.finished(finished);
+            }
+        }
+        if let Some(translated) = self.translated_head(&line) {
+            pump.say(&translated);
+            return;
         }
         match caps::rewrite_head(&line, self.tls) {
             Some(rewritten) => pump.say(&rewritten),

@@ -11,6 +11,8 @@ use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::mailbox::Mailbox;
 
+use super::changes::{Change, change_of};
+
 /// A login that worked. Kept only in memory, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -41,6 +43,21 @@ enum Pending {
     Deselect,
     Enable,
     Idle,
+    /// A command that changes mailboxes (see [`super::changes`]).
+    Change(Box<Change>),
+    UidSearch,
+    Other,
+}
+
+/// What a completed command means beyond the session's own state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// A SELECT or EXAMINE succeeded: `selected` is the new mailbox.
+    Selected,
+    /// No mailbox is selected any more.
+    Deselected,
+    /// The server accepted a change to mailboxes.
+    Changed(Change),
     Other,
 }
 
@@ -106,7 +123,11 @@ impl SessionState {
                 self.idle_requested = Some(tag.clone());
                 Pending::Idle
             }
-            _ => Pending::Other,
+            CommandBody::Search { uid: true, .. } => Pending::UidSearch,
+            _ => match change_of(command) {
+                Some(change) => Pending::Change(Box::new(change)),
+                None => Pending::Other,
+            },
         };
         self.pending.insert(tag, pending);
     }
@@ -156,28 +177,50 @@ impl SessionState {
         }
     }
 
-    /// A tagged completion; returns whether the tag was one levee sent.
-    pub fn completed(&mut self, tag: &str, status: Status) -> bool {
-        let Some(pending) = self.pending.remove(tag) else {
-            return false;
-        };
-        match (pending, status) {
-            (Pending::Login(creds), Status::Ok) => self.login = creds,
+    /// A tagged completion of a command the client sent (`None` for any other tag).
+    pub fn completed(&mut self, tag: &str, status: Status) -> Option<Finished> {
+        let pending = self.pending.remove(tag)?;
+        Some(match (pending, status) {
+            (Pending::Login(creds), Status::Ok) => {
+                self.login = creds;
+                Finished::Other
+            }
             (Pending::Login(_), _) => {
                 self.auth_plain = None;
                 self.auth_continues = false;
+                Finished::Other
             }
-            (Pending::Select(selected), Status::Ok) => self.selected = Some(selected),
+            (Pending::Select(selected), Status::Ok) => {
+                self.selected = Some(selected);
+                Finished::Selected
+            }
             // RFC 9051 6.3.2: a failed SELECT leaves no mailbox selected.
-            (Pending::Select(_), Status::No) => self.selected = None,
-            (Pending::Deselect, Status::Ok) => self.selected = None,
+            (Pending::Select(_), Status::No) | (Pending::Deselect, Status::Ok) => {
+                self.selected = None;
+                Finished::Deselected
+            }
             (Pending::Idle, _) => {
                 self.idling = None;
                 self.idle_requested = None;
+                Finished::Other
             }
-            _ => {}
-        }
-        true
+            (Pending::Change(change), Status::Ok) => Finished::Changed(*change),
+            _ => Finished::Other,
+        })
+    }
+
+    /// A UID SEARCH is in flight (so `* SEARCH` lists UIDs, not sequence numbers).
+    pub fn uid_search_in_flight(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::UidSearch))
+    }
+
+    /// The selected mailbox's name as levee keys it.
+    pub fn selected_name(&self) -> Option<String> {
+        self.selected
+            .as_ref()
+            .map(|s| super::identity::mailbox_name(&s.mailbox))
     }
 
     /// Forgets the commands in flight on a connection that was lost, but IDLE (which is
@@ -261,10 +304,10 @@ mod tests {
     fn login_counts_only_once_the_server_says_ok() {
         let mut state = SessionState::default();
         send(&mut state, b"a1 LOGIN alice wrong\r\n");
-        assert!(state.completed("a1", Status::No));
+        assert!(state.completed("a1", Status::No).is_some());
         assert!(!state.logged_in());
         send(&mut state, b"a2 LOGIN alice \"s3cret pw\"\r\n");
-        assert!(state.completed("a2", Status::Ok));
+        assert!(state.completed("a2", Status::Ok).is_some());
         let login = state.login.clone().unwrap();
         assert_eq!(
             (login.user.as_str(), login.password.as_str()),

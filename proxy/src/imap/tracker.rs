@@ -91,7 +91,12 @@ impl Follower {
         loop {
             self.look(&mut conn).await?;
             if first {
-                self.followed.ready.notify_waiters();
+                tracing::debug!(
+                    user = %self.followed.key.0, mailbox = %mailbox,
+                    messages = self.followed.catalogue().messages.len(), validity,
+                    "following the mailbox at the primary"
+                );
+                self.followed.ready.send_replace(true);
                 first = false;
             }
             self.idle(&mut conn).await?;

@@ -1,0 +1,178 @@
+//! What a session does for continuity beyond relaying: on the primary it has levee follow
+//! the selected mailbox and journals the changes the server accepted; on the replica it
+//! presents the primary's UIDs ([`Translation`]) and, when it arrives there, tells the
+//! client which messages it knew are gone.
+
+use std::sync::Arc;
+
+use imap_codec::imap_types::command::Command;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use levee_journal::{MailboxChange, MessageRef};
+
+use super::changes::Change;
+use super::framing::ClientMessage;
+use super::rewrite;
+use super::session::{Pump, Session};
+use super::state::Finished;
+use super::uidmap::{Catalogue, Translation};
+use crate::failover::controller::Backend;
+
+impl Session {
+    /// Acts on a command's completion.
+    pub(super) fn finished(&mut self, finished: Finished) {
+        match finished {
+            Finished::Selected => {
+                self.following = None;
+                if self.backend == Backend::Primary
+                    && let (Some(login), Some(name), Some(addr)) = (
+                        self.state.login.clone(),
+                        self.state.selected_name(),
+                        self.shared.imap_addr(Backend::Primary),
+                    )
+                {
+                    self.following = Some(self.shared.registry.follow(&login, &name, addr));
+                    self.await_catalogue = true;
+                }
+            }
+            Finished::Deselected => {
+                self.following = None;
+                self.translation = None;
+            }
+            Finished::Changed(change) if self.backend == Backend::Primary => {
+                self.journal_change(change);
+            }
+            Finished::Changed(_) | Finished::Other => {}
+        }
+    }
+
+    fn journal_change(&mut self, change: Change) {
+        let Some(login) = &self.state.login else {
+            return;
+        };
+        let registry = &self.shared.registry;
+        let selected = self.state.selected_name();
+        let change = match change {
+            Change::Touch => {
+                if let Some(name) = selected {
+                    registry.poke(&(login.user.clone(), name));
+                }
+                return;
+            }
+            Change::Append {
+                mailbox,
+                flags,
+                internal_date,
+                body,
+            } => MailboxChange::Append {
+                mailbox,
+                flags,
+                internal_date,
+                body,
+            },
+            Change::Copy { to, set, uid } => {
+                let Some(from) = selected else {
+                    return;
+                };
+                let key = (login.user.clone(), from.clone());
+                registry.poke(&key);
+                let Some(catalogue) = registry.catalogue(&key) else {
+                    tracing::warn!(mailbox = %from, "a copy from a mailbox levee does not follow is not journaled");
+                    return;
+                };
+                MailboxChange::Copy {
+                    from,
+                    to,
+                    messages: resolve(&catalogue, &set, uid),
+                }
+            }
+            Change::Create(mailbox) => MailboxChange::Create { mailbox },
+            Change::Delete(mailbox) => MailboxChange::Delete { mailbox },
+            Change::Rename(from, to) => MailboxChange::Rename { from, to },
+        };
+        registry.record(&login.user, change);
+    }
+
+    /// The command as the replica must see it, when it names UIDs.
+    pub(super) fn translated(&self, command: &Command<'_>) -> Option<ClientMessage> {
+        rewrite::command(command, self.translation.as_deref()?)
+    }
+
+    /// The response head as the client must see it, when it names UIDs.
+    pub(super) fn translated_head(&self, line: &[u8]) -> Option<Vec<u8>> {
+        let translation = self.translation.as_deref()?;
+        rewrite::response_head(line, translation, self.state.uid_search_in_flight())
+    }
+
+    /// Looks up (or builds) the translation for `mailbox` on the replica.
+    pub(super) async fn translation_for(&self, mailbox: &str) -> Option<Arc<Translation>> {
+        if self.backend != Backend::Replica {
+            return None;
+        }
+        let login = self.state.login.as_ref()?;
+        let addr = self.shared.imap_addr(Backend::Replica)?;
+        self.shared.registry.translation(login, mailbox, addr).await
+    }
+
+    /// After a move to the replica with a mailbox selected: translate from now on, and
+    /// expunge (for the client) the messages it knew that the replica does not have.
+    pub(super) async fn arrive(&mut self, pump: &mut Pump) {
+        self.translation = None;
+        let Some(name) = self.state.selected_name() else {
+            return;
+        };
+        self.translation = self.translation_for(&name).await;
+        let (Some(translation), Some(login)) = (&self.translation, &self.state.login) else {
+            return;
+        };
+        if translation.missing.is_empty() {
+            return;
+        }
+        let Some(catalogue) = self.shared.registry.catalogue(&(login.user.clone(), name)) else {
+            return;
+        };
+        let uids: Vec<u32> = catalogue.messages.keys().copied().collect();
+        let mut seqs: Vec<usize> = translation
+            .missing
+            .iter()
+            .filter_map(|uid| uids.binary_search(uid).ok().map(|at| at + 1))
+            .collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        for seq in seqs {
+            pump.say(format!("* {seq} EXPUNGE\r\n").as_bytes());
+        }
+    }
+}
+
+/// The messages a COPY names, by UID or by sequence number, as the journal names them.
+fn resolve(catalogue: &Catalogue, set: &SequenceSet, uid: bool) -> Vec<MessageRef> {
+    let uids: Vec<u32> = catalogue.messages.keys().copied().collect();
+    let Some(&last_uid) = uids.last() else {
+        return Vec::new();
+    };
+    let largest = if uid { last_uid } else { uids.len() as u32 };
+    let value = |v: &SeqOrUid| match v {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    let mut picked = Vec::new();
+    for sequence in set.0.as_ref() {
+        let (a, b) = match sequence {
+            Sequence::Single(v) => (value(v), value(v)),
+            Sequence::Range(a, b) => (value(a).min(value(b)), value(a).max(value(b))),
+        };
+        if uid {
+            picked.extend(catalogue.messages.range(a..=b).map(|(&u, _)| u));
+        } else {
+            let from = (a as usize).saturating_sub(1);
+            let to = (b as usize).min(uids.len());
+            picked.extend(uids.get(from..to).unwrap_or_default());
+        }
+    }
+    picked.sort_unstable();
+    picked.dedup();
+    picked
+        .into_iter()
+        .filter_map(|u| catalogue.messages.get(&u))
+        .map(|known| known.identity.to_ref(known.uid))
+        .collect()
+}
