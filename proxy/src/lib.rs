@@ -95,7 +95,8 @@ pub async fn run(
         None => None,
     };
     // Checks both sites and decides the active one (sessions follow it: see failover/).
-    let failover = failover::driver::Failover::start(config.clone(), 1, shutdown.clone());
+    let failover =
+        failover::driver::Failover::start(config.clone(), journal.clone(), shutdown.clone());
     let wake = Arc::new(Notify::new());
     let shared = Arc::new(SmtpShared {
         replicator,

@@ -254,7 +254,9 @@ fn admit(hello: &Frame, journal: &Journal, settings: &ReceiverSettings) -> Resul
     Ok(())
 }
 
-fn stored_epoch(journal: &Journal) -> u64 {
+/// The newest epoch this node's journal has recorded (0 if none): at the replica, the
+/// newest a primary presented; at the primary, the one its failover driver is at.
+pub fn stored_epoch(journal: &Journal) -> u64 {
     journal
         .get_meta(EPOCH_KEY)
         .ok()

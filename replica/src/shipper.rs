@@ -29,6 +29,8 @@ use crate::metrics as m;
 #[derive(Debug, Clone)]
 pub struct ShipperSettings {
     pub node: String,
+    /// The lowest epoch to present; the journal's recorded epoch wins when newer (a
+    /// failover moves it on).
     pub epoch: u64,
     pub replica: SocketAddr,
     pub server_name: rustls::pki_types::ServerName<'static>,
@@ -174,7 +176,7 @@ async fn stream_once(
         version: PROTOCOL_VERSION,
         min_version: MIN_PROTOCOL_VERSION,
         node: settings.node.clone(),
-        epoch: settings.epoch,
+        epoch: settings.epoch.max(crate::receiver::stored_epoch(journal)),
         token: settings
             .token
             .as_ref()

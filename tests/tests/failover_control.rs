@@ -81,4 +81,30 @@ fn primary_imap_death_moves_the_active_backend_and_only_an_admin_moves_it_back()
         "{status}"
     );
     assert_eq!(status["failover"]["active"]["epoch"], 2, "{status}");
+
+    // A restart keeps the epoch and the active site: sessions do not go back to a primary
+    // that was left, and the transition is in the journal.
+    primary.levee.stop();
+    let audits: Vec<String> = primary
+        .open_journal()
+        .read_from(1, usize::MAX)
+        .expect("read journal")
+        .into_iter()
+        .filter_map(|r| match r.kind {
+            levee_journal::RecordKind::Audit(a) => Some(format!("{} {}", a.action, a.detail)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        audits.iter().any(|a| a.starts_with("failover Primary -> Replica, epoch 2")),
+        "{audits:?}"
+    );
+    primary.levee.restart();
+    wait_for(&primary, "levee back", 10, |s| s["failover"].is_object());
+    let status = primary.levee.status();
+    assert_eq!(status["failover"]["active"]["epoch"], 2, "{status}");
+    assert_eq!(
+        status["failover"]["active"]["backend"], "replica",
+        "{status}"
+    );
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use levee_config::Config;
+use levee_journal::Journal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -58,18 +59,33 @@ impl std::fmt::Debug for Request {
 }
 
 impl Failover {
-    /// Starts checking both sites; `None` when no replica site is configured.
-    pub fn start(config: Arc<Config>, epoch: u64, shutdown: CancellationToken) -> Option<Failover> {
+    /// Starts checking both sites, at the epoch `journal` recorded; `None` when no replica
+    /// site is configured.
+    pub fn start(
+        config: Arc<Config>,
+        journal: Journal,
+        shutdown: CancellationToken,
+    ) -> Option<Failover> {
         config.upstream.replica.as_ref()?;
-        let start = Active {
-            backend: Backend::Primary,
-            epoch,
-        };
+        let (backend, epoch) = super::epoch::at_start(&journal);
+        if backend == Backend::Replica {
+            tracing::warn!(
+                epoch,
+                "starting on the replica site, as recorded before the stop"
+            );
+        }
+        let start = Active { backend, epoch };
         let (active_tx, active) = watch::channel(start);
         let (health_tx, health) = watch::channel(Health::default());
         let (requests, rx) = mpsc::unbounded_channel();
-        metrics::gauge!(m::ACTIVE_BACKEND).set(0.0);
-        tokio::spawn(drive(config, epoch, rx, active_tx, health_tx, shutdown));
+        metrics::gauge!(m::ACTIVE_BACKEND).set(match backend {
+            Backend::Primary => 0.0,
+            Backend::Replica => 1.0,
+        });
+        metrics::gauge!(m::EPOCH).set(epoch as f64);
+        tokio::spawn(drive(
+            config, journal, start, rx, active_tx, health_tx, shutdown,
+        ));
         Some(Failover {
             active,
             health,
@@ -120,7 +136,8 @@ impl Failover {
 
 async fn drive(
     config: Arc<Config>,
-    epoch: u64,
+    journal: Journal,
+    start: Active,
     mut requests: mpsc::UnboundedReceiver<Request>,
     active: watch::Sender<Active>,
     health: watch::Sender<Health>,
@@ -132,8 +149,8 @@ async fn drive(
             failures: settings.failures,
             hold_down: settings.hold_down,
         },
-        Backend::Primary,
-        epoch,
+        start.backend,
+        start.epoch,
     );
     let Some(replica) = config.upstream.replica.clone() else {
         return;
@@ -194,6 +211,7 @@ async fn drive(
             },
         };
         if let Some(transition) = transition {
+            super::epoch::record(&journal, &transition).await;
             publish(&transition, &active, &health);
         }
     }

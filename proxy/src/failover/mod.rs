@@ -3,4 +3,5 @@
 
 pub mod controller;
 pub mod driver;
+pub mod epoch;
 pub mod probe;
