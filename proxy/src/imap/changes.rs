@@ -75,6 +75,27 @@ pub fn change_of(command: &Command<'_>) -> Option<Change> {
     })
 }
 
+/// Whether sending `command` again cannot change anything a client would notice twice:
+/// such a command, in flight when the server went away, is sent again on the new one.
+/// (FETCH of a body sets \Seen, which setting twice leaves the same.)
+pub fn replayable(command: &Command<'_>) -> bool {
+    matches!(
+        command.body,
+        CommandBody::Capability
+            | CommandBody::Noop
+            | CommandBody::Check
+            | CommandBody::Fetch { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Status { .. }
+            | CommandBody::List { .. }
+            | CommandBody::Lsub { .. }
+            | CommandBody::Namespace
+            | CommandBody::Select { .. }
+            | CommandBody::Examine { .. }
+            | CommandBody::Id { .. }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +141,15 @@ mod tests {
             Some(Change::Touch)
         );
         assert_eq!(change(b"a NOOP\r\n"), None);
+    }
+
+    #[test]
+    fn only_commands_without_effects_are_sent_twice() {
+        let replay = |line: &[u8]| replayable(&CommandCodec::default().decode(line).unwrap().1);
+        assert!(replay(b"a UID FETCH 1:* (FLAGS)\r\n"));
+        assert!(replay(b"a STATUS INBOX (MESSAGES)\r\n"));
+        assert!(!replay(b"a UID STORE 1 +FLAGS (\\Seen)\r\n"));
+        assert!(!replay(b"a APPEND Sent {1+}\r\nx\r\n"));
+        assert!(!replay(b"a EXPUNGE\r\n"));
     }
 }

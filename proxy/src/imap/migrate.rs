@@ -14,6 +14,7 @@ use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use super::framing::ClientMessage;
 use super::responses::ResponseScanner;
 use super::session::{Pump, Session};
 use super::state::{SessionState, Status, tagged_status};
@@ -197,12 +198,45 @@ impl Session {
         self.up_out.clear();
         self.up_out_bytes = 0;
         self.idle_alias = None;
-        for tag in self.state.abandon_in_flight() {
-            pump.say(
-                format!("{tag} NO [UNAVAILABLE] The mail server went away during this command; please retry\r\n")
-                    .as_bytes(),
-            );
+        if self.scanner.mid_response() {
+            // The client holds part of a response (inside a literal, say): nothing levee
+            // could send now would be read as IMAP.
+            pump.say(b"\r\n* BYE [UNAVAILABLE] The mail server went away in mid-response\r\n");
+            pump.closing = true;
+            return;
         }
+        let abandoned = self.state.abandon_in_flight();
+        // In the order the client sent them.
+        let again: Vec<(String, ClientMessage)> = self
+            .replay
+            .drain(..)
+            .filter(|(tag, _)| abandoned.contains(tag))
+            .collect();
+        for tag in abandoned {
+            if !again.iter().any(|(t, _)| *t == tag) {
+                pump.say(
+                    format!("{tag} NO [UNAVAILABLE] The mail server went away during this command; please retry\r\n")
+                        .as_bytes(),
+                );
+            }
+        }
+        self.relocate(pump).await;
+        if pump.closing {
+            for (tag, _) in again {
+                pump.say(
+                    format!("{tag} NO [UNAVAILABLE] The mail server went away\r\n").as_bytes(),
+                );
+            }
+            return;
+        }
+        for (_, message) in again {
+            self.client_message(pump, message);
+        }
+    }
+
+    /// Moves to whichever backend is active once the failover controller has had time to
+    /// decide, or to the same one again.
+    async fn relocate(&mut self, pump: &mut Pump) {
         let Some(failover) = self.shared.failover.clone() else {
             pump.say(b"* BYE [UNAVAILABLE] The mail server closed the connection\r\n");
             pump.closing = true;

@@ -7,6 +7,7 @@
 
 pub mod caps;
 pub mod changes;
+mod commands;
 pub mod conn;
 mod continuity;
 pub mod framing;

@@ -36,6 +36,12 @@ impl ResponseScanner {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Part of a response has gone to the client and the rest has not: literal data, the
+    /// lines after it, or a line split in the middle.
+    pub fn mid_response(&self) -> bool {
+        self.literal_left > 0 || self.continuing || self.spilled || !self.buf.is_empty()
+    }
+
     /// The next piece, or `None` when more bytes are needed.
     pub fn next_piece(&mut self) -> Option<Piece> {
         if self.buf.is_empty() {

@@ -12,9 +12,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap_codec::CommandCodec;
-use imap_codec::decode::Decoder;
-use imap_codec::imap_types::command::CommandBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -22,7 +19,7 @@ use tokio::time::Instant;
 
 use super::ImapShared;
 use super::caps::{self, ClientTls};
-use super::framing::{ClientEvent, ClientFramer, ClientMessage};
+use super::framing::{ClientFramer, ClientMessage};
 use super::registry::Following;
 use super::responses::{Piece, ResponseScanner};
 use super::state::{SessionState, tagged_status};
@@ -84,6 +81,9 @@ pub struct Session {
     pub(super) translate_next: Option<String>,
     /// A SELECT completed at the primary: the client hears OK once levee knows the mailbox.
     pub(super) await_catalogue: bool,
+    /// Read-only commands in flight, as the client sent them: sent again if the server
+    /// goes away before answering.
+    pub(super) replay: Vec<(String, ClientMessage)>,
 }
 
 impl Session {
@@ -121,6 +121,7 @@ impl Session {
             translation: None,
             translate_next: None,
             await_catalogue: false,
+            replay: Vec::new(),
         }
     }
 
@@ -263,7 +264,7 @@ impl Session {
         }
     }
 
-    fn send_upstream(&mut self, message: ClientMessage) {
+    pub(super) fn send_upstream(&mut self, message: ClientMessage) {
         self.up_out_bytes += message.bytes.len();
         let mut start = 0;
         for point in message.sync_points {
@@ -274,121 +275,6 @@ impl Session {
         }
         self.up_out
             .push_back(Out::Bytes(message.bytes[start..].to_vec(), 0));
-    }
-
-    /// Handles what the framer found in the client's bytes.
-    fn take_client_messages(&mut self, pump: &mut Pump) {
-        while !pump.closing {
-            let Some(event) = self.framer.next_event() else {
-                return;
-            };
-            match event {
-                ClientEvent::Message(message) => self.client_message(pump, message),
-                ClientEvent::GoAhead => pump.say(b"+ Ready for literal data\r\n"),
-                ClientEvent::LiteralRefused { tag, length } => {
-                    let max = self.shared.config.imap.max_literal;
-                    pump.say(
-                        format!(
-                            "{} NO [TOOBIG] A literal of {length} bytes is over the limit of {max}\r\n",
-                            tag.as_deref().unwrap_or("*")
-                        )
-                        .as_bytes(),
-                    );
-                }
-                ClientEvent::TooBig { tag } => {
-                    pump.say(
-                        format!(
-                            "{} BAD [TOOBIG] Command too large\r\n",
-                            tag.as_deref().unwrap_or("*")
-                        )
-                        .as_bytes(),
-                    );
-                }
-                ClientEvent::LineTooLong => {
-                    metrics::counter!(crate::metrics::IMAP_PROTOCOL_ERRORS).increment(1);
-                    pump.say(b"* BYE Command line too long\r\n");
-                    pump.closing = true;
-                }
-            }
-        }
-    }
-
-    fn client_message(&mut self, pump: &mut Pump, message: ClientMessage) {
-        // Inside IDLE or an AUTHENTICATE exchange the client sends data lines, not
-        // commands: they go upstream as they are.
-        if self.state.idling.is_some() {
-            self.send_upstream(message);
-            return;
-        }
-        if self.state.auth_continues {
-            self.state.auth_line_sent(&message.bytes);
-            self.send_upstream(message);
-            return;
-        }
-        let decoded = CommandCodec::default().decode(&message.bytes);
-        let command = match decoded {
-            Ok((b"", command)) => command,
-            _ => {
-                // Not levee's to judge: the server answers it (BAD, most likely).
-                let tag = tag_of(&message.bytes);
-                self.state.opaque_sent(tag);
-                self.send_upstream(message);
-                return;
-            }
-        };
-        let tag = command.tag.inner().to_string();
-        match &command.body {
-            CommandBody::StartTLS => {
-                if self.tls.encrypted || !self.tls.available {
-                    pump.say(format!("{tag} BAD STARTTLS is not available now\r\n").as_bytes());
-                } else if self.framer.next_event().is_some()
-                    || self.framer.mid_message()
-                    || self.state.in_flight() > 0
-                {
-                    // Bytes pipelined behind STARTTLS would cross into the TLS session.
-                    metrics::counter!(crate::metrics::IMAP_PROTOCOL_ERRORS).increment(1);
-                    pump.say(b"* BYE Commands pipelined after STARTTLS\r\n");
-                    pump.closing = true;
-                } else {
-                    pump.say(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes());
-                    pump.closing = true;
-                    pump.next = Next::StartTls;
-                }
-                return;
-            }
-            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
-                if !self.tls.login_allowed() =>
-            {
-                pump.say(
-                    format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n")
-                        .as_bytes(),
-                );
-                return;
-            }
-            CommandBody::Authenticate { mechanism, .. }
-                if !mechanism.as_ref().eq_ignore_ascii_case("PLAIN") =>
-            {
-                pump.say(
-                    format!("{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is available\r\n")
-                        .as_bytes(),
-                );
-                return;
-            }
-            CommandBody::Compress { .. } => {
-                pump.say(format!("{tag} NO [CANNOT] COMPRESS is not available\r\n").as_bytes());
-                return;
-            }
-            CommandBody::Select { mailbox, .. } | CommandBody::Examine { mailbox, .. } => {
-                self.translation = None;
-                if self.backend == Backend::Replica {
-                    self.translate_next = Some(super::identity::mailbox_name(mailbox));
-                }
-            }
-            _ => {}
-        }
-        self.state.command_sent(&command);
-        let message = self.translated(&command).unwrap_or(message);
-        self.send_upstream(message);
     }
 
     /// Relays the server's responses, reading and rewriting their heads as needed.
@@ -433,6 +319,7 @@ impl Session {
             self.state.enabled(&String::from_utf8_lossy(&line));
         } else if let Some((tag, status)) = tagged_status(&line) {
             let tag = tag.to_string();
+            self.replay.retain(|(t, _)| *t != tag);
             if let Some(finished) = self.state.completed(&tag, status) {
                 self.finished(finished);
             }
@@ -454,7 +341,7 @@ pub(super) struct Pump {
     client_sent: usize,
     /// Stop once the client outbox is flushed.
     pub(super) closing: bool,
-    next: Next,
+    pub(super) next: Next,
 }
 
 impl Pump {
@@ -493,7 +380,7 @@ fn front_bytes(out: &VecDeque<Out>) -> &[u8] {
 }
 
 /// The tag a message starts with, when it looks like one.
-fn tag_of(bytes: &[u8]) -> Option<String> {
+pub(super) fn tag_of(bytes: &[u8]) -> Option<String> {
     let end = bytes.iter().position(|&b| b == b' ')?;
     let tag = std::str::from_utf8(&bytes[..end]).ok()?;
     (!tag.is_empty() && tag != "*" && tag != "+").then(|| tag.to_string())
