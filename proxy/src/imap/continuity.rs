@@ -99,6 +99,14 @@ impl Session {
 
     /// The response head as the client must see it, when it names UIDs.
     pub(super) fn translated_head(&self, line: &[u8]) -> Option<Vec<u8>> {
+        if self.backend == Backend::Replica
+            && line.len() > 9
+            && line[..9].eq_ignore_ascii_case(b"* STATUS ")
+        {
+            let user = &self.state.login.as_ref()?.user;
+            let registry = &self.shared.registry;
+            return rewrite::status_head(line, |mailbox| registry.built_translation(user, mailbox));
+        }
         let translation = self.translation.as_deref()?;
         rewrite::response_head(line, translation, self.state.uid_search_in_flight())
     }

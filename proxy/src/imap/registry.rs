@@ -227,6 +227,13 @@ impl Registry {
         }
     }
 
+    /// The translation of `user`'s `mailbox` if one was built already (never waits).
+    pub fn built_translation(&self, user: &str, mailbox: &str) -> Option<Arc<Translation>> {
+        let key = (user.to_string(), mailbox.to_string());
+        let translations = self.translations.lock().unwrap_or_else(|p| p.into_inner());
+        translations.get(&key)?.get()?.clone()
+    }
+
     /// Forgets every translation (the sessions are back on the primary).
     pub fn forget_translations(&self) {
         self.translations

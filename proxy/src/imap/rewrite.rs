@@ -135,6 +135,34 @@ pub fn response_head(line: &[u8], t: &Translation, uid_search: bool) -> Option<V
     }
 }
 
+/// `* STATUS mailbox (... UIDNEXT n UIDVALIDITY v ...)`: the mailbox's name, and the
+/// line with the numbers the client knows when `translation_of` has a translation for it.
+pub fn status_head(
+    line: &[u8],
+    translation_of: impl Fn(&str) -> Option<std::sync::Arc<Translation>>,
+) -> Option<Vec<u8>> {
+    use imap_codec::ResponseCodec;
+    use imap_codec::decode::Decoder;
+    use imap_codec::imap_types::response::{Data, Response};
+    let (_, response) = ResponseCodec::default().decode(line).ok()?;
+    let Response::Data(Data::Status { mailbox, .. }) = response else {
+        return None;
+    };
+    let t = translation_of(&super::identity::mailbox_name(&mailbox))?;
+    let text = std::str::from_utf8(line).ok()?;
+    let open = text.rfind('(')?;
+    let (head, items) = text.split_at(open);
+    let items = String::from_utf8(replace_number_after(items, "UIDVALIDITY ", |_| {
+        Some(t.primary_validity)
+    }))
+    .ok()?;
+    let items = String::from_utf8(replace_number_after(&items, "UIDNEXT ", |n| {
+        Some(t.presented_uidnext(n))
+    }))
+    .ok()?;
+    Some(format!("{head}{items}").into_bytes())
+}
+
 /// Replaces the number right after `marker` (matched case-insensitively).
 fn replace_number_after(text: &str, marker: &str, map: impl Fn(u32) -> Option<u32>) -> Vec<u8> {
     let upper = text.to_ascii_uppercase();

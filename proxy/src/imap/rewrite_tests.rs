@@ -105,3 +105,22 @@ fn uids_in_responses_become_the_clients() {
     );
     assert_eq!(head("* 5 EXISTS\r\n", false), None);
 }
+
+#[test]
+fn status_of_a_translated_mailbox_shows_the_primarys_numbers() {
+    let t = std::sync::Arc::new(translation());
+    let of = |name: &str| (name == "INBOX").then(|| t.clone());
+    let got = status_head(
+        b"* STATUS INBOX (MESSAGES 4 UIDNEXT 5 UIDVALIDITY 2222)\r\n",
+        of,
+    )
+    .map(|b| String::from_utf8(b).unwrap());
+    assert_eq!(
+        got.as_deref(),
+        Some("* STATUS INBOX (MESSAGES 4 UIDNEXT 17 UIDVALIDITY 1111)\r\n")
+    );
+    assert_eq!(
+        status_head(b"* STATUS Archive (UIDNEXT 5 UIDVALIDITY 9)\r\n", of),
+        None
+    );
+}
