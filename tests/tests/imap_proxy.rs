@@ -206,6 +206,14 @@ fn levee_keeps_its_own_tls_rules_and_hides_compress() {
 #[test]
 fn bad_input_gets_a_clear_answer_and_levee_serves_others() {
     let site = Site::start("imap-bad");
+    // A literal that never ends: the client stops sending inside it.
+    let mut silent = Raw::connect(site.levee.ports.imap);
+    silent.line();
+    silent.send(b"u1 LOGIN {5}\r\n");
+    assert!(silent.line().starts_with('+'));
+    silent.send(b"ali");
+    let silent_since = std::time::Instant::now();
+
     // A literal over the limit: refused, the session goes on.
     let mut raw = Raw::connect(site.levee.ports.imap);
     raw.line();
@@ -241,6 +249,45 @@ fn bad_input_gets_a_clear_answer_and_levee_serves_others() {
     garbage.send(b"\x00\xff\xfe garbage \x01\r\n");
     let reply = garbage.line();
     assert!(reply.contains("BAD"), "{reply}");
+
+    // AUTHENTICATE with garbage (over TLS, so that it reaches the server), as an initial
+    // response and as a continuation line: NO or BAD, and the session goes on.
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+f = s.makefile("rb")
+f.readline()
+def until(tag):
+    while True:
+        line = f.readline().decode()
+        if not line or line.startswith(tag + " "):
+            return line.strip()
+s.sendall(b"a1 AUTHENTICATE PLAIN %%%not-base64%%%\r\n"); print(until("a1"))
+s.sendall(b"a2 AUTHENTICATE PLAIN\r\n"); go = f.readline().decode()
+s.sendall(b"\x01\x02 garbage\r\n"); print(go.strip() if go.startswith("a2 ") else until("a2"))
+s.sendall(b"a3 NOOP\r\n"); print(until("a3"))
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, &site.levee.ports.imaps.port().to_string()])
+        .output()
+        .expect("python3");
+    let replies = String::from_utf8_lossy(&output.stdout).to_string();
+    let replies: Vec<&str> = replies.lines().collect();
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    for (reply, tag) in replies[..2].iter().zip(["a1", "a2"]) {
+        assert!(
+            reply.starts_with(&format!("{tag} NO")) || reply.starts_with(&format!("{tag} BAD")),
+            "{replies:?}"
+        );
+    }
+    assert!(replies[2].starts_with("a3 OK"), "{replies:?}");
+
+    // The unterminated literal: the login timeout ends that session with BYE.
+    let bye = silent.line();
+    assert!(bye.starts_with("* BYE"), "{bye}");
+    assert!(silent.closed());
+    assert!(silent_since.elapsed() < std::time::Duration::from_secs(30));
 
     // Still serving: a full read over TLS.
     let password = site.password("alice");
