@@ -36,6 +36,13 @@ impl ResponseScanner {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Lets go of a buffer a large response made grow, once it has passed through.
+    pub fn compact(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * 1024 {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Part of a response has gone to the client and the rest has not: literal data, the
     /// lines after it, or a line split in the middle.
     pub fn mid_response(&self) -> bool {

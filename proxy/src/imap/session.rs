@@ -30,7 +30,10 @@ use tokio::sync::watch;
 
 /// Bytes waiting in either outbox before levee stops reading from the other side.
 const OUTBOX_LIMIT: usize = 256 * 1024;
+/// Reads take up to this much at once while data is flowing...
 const READ_CHUNK: usize = 16 * 1024;
+/// ...and an idle session waits with this much, each way.
+const IDLE_READ: usize = 512;
 /// Longest a SELECT's OK waits for levee to know the mailbox at the primary.
 const CATALOGUE_WAIT: Duration = Duration::from_secs(5);
 
@@ -157,8 +160,8 @@ impl Session {
         client_read: &mut ReadHalf<&mut S>,
         client_write: &mut WriteHalf<&mut S>,
     ) {
-        let mut from_client = Vec::with_capacity(READ_CHUNK);
-        let mut from_upstream = Vec::with_capacity(READ_CHUNK);
+        let mut from_client = Vec::with_capacity(IDLE_READ);
+        let mut from_upstream = Vec::with_capacity(IDLE_READ);
         let shutdown = self.shared.shutdown.clone();
         let mut deadline = self.deadline();
         while !pump.closing {
@@ -188,7 +191,7 @@ impl Session {
                     match read {
                         Ok(n) if n > 0 => {
                             self.scanner.push(&from_upstream);
-                            from_upstream.clear();
+                            resize_for_next(&mut from_upstream, n);
                             self.relay_responses(pump);
                             if std::mem::take(&mut self.await_catalogue)
                                 && let Some(following) = &self.following
@@ -218,7 +221,7 @@ impl Session {
                     match read {
                         Ok(n) if n > 0 => {
                             self.framer.push(&from_client);
-                            from_client.clear();
+                            resize_for_next(&mut from_client, n);
                             deadline = self.deadline();
                             self.take_client_messages(pump);
                             if let Some(mailbox) = self.translate_next.take() {
@@ -285,6 +288,7 @@ impl Session {
                 Piece::Head(line) => self.response_head(pump, line),
             }
         }
+        self.scanner.compact();
     }
 
     fn response_head(&mut self, pump: &mut Pump, line: Vec<u8>) {
@@ -358,7 +362,23 @@ impl Pump {
         if self.client_sent == self.client_out.len() {
             self.client_out.clear();
             self.client_sent = 0;
+            if self.client_out.capacity() > READ_CHUNK {
+                // A large response went out; an idle session keeps no large buffer.
+                self.client_out = Vec::new();
+            }
         }
+    }
+}
+
+/// Empties a read buffer and sizes it for the next read: a read that filled it means data
+/// is flowing (read more at once); a short one means the session is quiet again, and an
+/// idle session should not sit on 16 KiB each way.
+fn resize_for_next(buf: &mut Vec<u8>, n: usize) {
+    buf.clear();
+    if n >= buf.capacity() && buf.capacity() < READ_CHUNK {
+        *buf = Vec::with_capacity(READ_CHUNK);
+    } else if n < IDLE_READ && buf.capacity() > IDLE_READ {
+        *buf = Vec::with_capacity(IDLE_READ);
     }
 }
 
