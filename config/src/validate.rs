@@ -40,7 +40,8 @@ pub fn check(config: &Config) -> Vec<Problem> {
         .chain((config.imap.listen.iter().map(|l| ("imap", l.addr, l.tls))).enumerate());
     let mut seen = HashSet::new();
     for (i, (proto, addr, tls)) in listeners {
-        if !seen.insert(addr) {
+        // Port 0: each listener gets a free port of its own.
+        if addr.port() != 0 && !seen.insert(addr) {
             push(
                 format!("{proto}.listen[{i}].addr"),
                 format!("{addr} is used by another listener"),

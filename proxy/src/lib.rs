@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod delivery;
 pub mod demo;
+pub mod demo_failover;
 pub mod failover;
 pub mod imap;
 pub mod listen;
