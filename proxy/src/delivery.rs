@@ -8,12 +8,17 @@
 //!
 //! At start every record still `Pending` (levee stopped between journal and upstream) is
 //! retried too: SMTP is at-least-once, and a possible duplicate beats a lost message.
+//!
+//! Each attempt goes to the backend active at that moment, with the same trace header the
+//! live path writes (it names the record). While the replica is active its MTA gets only
+//! the recipients outside `smtp.local_domains`; the replica's applier delivers the others
+//! from the journal (see [`crate::smtp::route`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use levee_config::Config;
+use levee_config::{Config, ListenerKind};
 use levee_journal::{DeliveryState, DeliveryStatus, Journal, MessageRecord, RecordKind, Seq};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -22,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics as m;
 use crate::smtp::now_ms;
 use crate::smtp::reply::Reply;
+use crate::smtp::route::{BY_APPLIER, Routes};
 use crate::smtp::upstream::{ClientIdentity, Upstream, UpstreamError};
+use crate::trace;
 
 /// How one delivery attempt ended.
 #[derive(Debug)]
@@ -34,18 +41,30 @@ enum Attempt {
     Temporary(String),
     /// The upstream could not be reached at all; try again later.
     Unreachable(String),
+    /// Every recipient is local and the replica is active: its applier delivers them.
+    Applier,
+}
+
+/// One journaled message to deliver, with what its trace header names.
+#[derive(Debug)]
+struct Due {
+    seq: Seq,
+    chain: [u8; 32],
+    accepted_ms: u64,
+    message: MessageRecord,
 }
 
 /// Runs until `shutdown`.
 pub async fn run(
     journal: Journal,
     config: Arc<Config>,
+    routes: Routes,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let idle_poll = Duration::from_secs(1);
     loop {
-        let next_due = match deliver_due(&journal, &config, &shutdown).await {
+        let next_due = match deliver_due(&journal, &config, &routes, &shutdown).await {
             Ok(next_due) => next_due,
             Err(err) => {
                 tracing::error!(%err, "delivery worker cannot read the journal");
@@ -91,6 +110,7 @@ pub fn recover(journal: &Journal) -> Result<usize, levee_journal::JournalError> 
 async fn deliver_due(
     journal: &Journal,
     config: &Arc<Config>,
+    routes: &Routes,
     shutdown: &CancellationToken,
 ) -> Result<Option<u64>, levee_journal::JournalError> {
     let queue = journal.undelivered(10_000)?;
@@ -124,10 +144,16 @@ async fn deliver_due(
                 unreachable |= settle(journal, config, done, &mut next_due)?;
             }
         }
-        let config = config.clone();
+        let (config, routes) = (config.clone(), routes.clone());
         let received_ms = record.time_ms;
+        let due = Due {
+            seq,
+            chain: record.chain,
+            accepted_ms: received_ms,
+            message,
+        };
         running.spawn(async move {
-            let outcome = attempt(&config, &message).await;
+            let outcome = attempt(&config, &routes, &due).await;
             (seq, state, received_ms, outcome)
         });
     }
@@ -184,6 +210,11 @@ fn next_state(
             tracing::info!(seq, attempts, "deferred message delivered");
             (DeliveryStatus::Delivered, reply.summary())
         }
+        Attempt::Applier => {
+            metrics::counter!(m::MESSAGES_DELIVERED).increment(1);
+            tracing::info!(seq, "deferred message left to the replica's applier");
+            (DeliveryStatus::Delivered, BY_APPLIER.to_string())
+        }
         Attempt::Refused(reply) => {
             // TODO(issue 4/5 follow-up): send a DSN to the sender for permanent refusals.
             metrics::counter!(m::MESSAGES_FAILED).increment(1);
@@ -223,9 +254,17 @@ fn backoff(config: &Config, attempts: u32) -> Duration {
         .min(config.delivery.retry_max)
 }
 
-/// One delivery of one message over a fresh upstream connection.
-async fn attempt(config: &Config, message: &MessageRecord) -> Attempt {
-    let upstream_addr = config.upstream.primary.smtp;
+/// One delivery of one message over a fresh connection to the active backend.
+async fn attempt(config: &Config, routes: &Routes, due: &Due) -> Attempt {
+    let message = &due.message;
+    let backend = routes.active();
+    let rcpts: Vec<&str> = (message.rcpt_to.iter())
+        .map(String::as_str)
+        .filter(|rcpt| !routes.left_to_applier(backend, rcpt))
+        .collect();
+    if rcpts.is_empty() {
+        return Attempt::Applier;
+    }
     let identity = ClientIdentity {
         addr: message
             .client
@@ -240,7 +279,7 @@ async fn attempt(config: &Config, message: &MessageRecord) -> Attempt {
             .filter(|u| !u.is_empty()),
     };
     let mut upstream = match Upstream::open(
-        upstream_addr,
+        routes.addr(backend, ListenerKind::Relay),
         config.smtp.connect_timeout,
         config.smtp.upstream_timeout,
         &config.smtp.hostname,
@@ -249,26 +288,36 @@ async fn attempt(config: &Config, message: &MessageRecord) -> Attempt {
     .await
     {
         Ok(upstream) => upstream,
-        Err(err) => return Attempt::Unreachable(err.to_string()),
+        Err(err) => {
+            routes.failed(backend, &err);
+            return Attempt::Unreachable(err.to_string());
+        }
     };
-    let outcome = transfer(&mut upstream, message).await;
+    let id = trace::trace_id(due.seq, &due.chain);
+    let header = trace::smtp_received(&config.smtp.hostname, &message.client, &id, due.accepted_ms);
+    let outcome = transfer(&mut upstream, message, &rcpts, &header).await;
     upstream.quit().await;
     match outcome {
         Ok(attempt) => attempt,
-        Err(err) => Attempt::Temporary(err.to_string()),
+        Err(err) => {
+            routes.failed(backend, &err);
+            Attempt::Temporary(err.to_string())
+        }
     }
 }
 
 async fn transfer(
     upstream: &mut Upstream,
     message: &MessageRecord,
+    rcpts: &[&str],
+    header: &str,
 ) -> Result<Attempt, UpstreamError> {
     let eight_bit = message.body.iter().any(|&b| b >= 0x80);
     let mut mail = format!("MAIL FROM:<{}>", message.mail_from);
     if eight_bit {
         mail.push_str(" BODY=8BITMIME");
     }
-    if !message.mail_from.is_ascii() || message.rcpt_to.iter().any(|r| !r.is_ascii()) {
+    if !message.mail_from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) {
         mail.push_str(" SMTPUTF8");
     }
     mail.push_str("\r\n");
@@ -278,7 +327,7 @@ async fn transfer(
     }
     let mut accepted = 0;
     let mut last_refusal = None;
-    for rcpt in &message.rcpt_to {
+    for rcpt in rcpts {
         let verdict = upstream
             .command(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
             .await?;
@@ -299,7 +348,9 @@ async fn transfer(
     }
     // TODO(DSN): recipients refused permanently while others were accepted are logged
     // above; a bounce to the sender for them comes with DSN support.
-    let verdict = upstream.send_body(&message.body).await?;
+    let verdict = upstream
+        .send_traced(header.as_bytes(), &message.body)
+        .await?;
     Ok(classify_final(verdict))
 }
 

@@ -9,6 +9,7 @@
 //! - [`delivery`]: store and forward from the journal when the upstream failed.
 //! - [`replication`]: the journal stream to the replica site and the sync-mode gate.
 //! - [`standby`]: `levee replica`, the replica site's daemon (receiver and applier).
+//! - [`trace`]: the `Received:` header naming a message's journal record on every copy.
 //! - [`tls`], [`metrics`]: client TLS material; metric names and the Prometheus endpoint.
 //! - [`mailstack`]: real Postfix + Dovecot instances on loopback for `levee demo` and tests.
 //! - [`cli`]: the command-line interface.
@@ -26,6 +27,7 @@ pub mod replication;
 pub mod smtp;
 pub mod standby;
 pub mod tls;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +101,10 @@ pub async fn run(
     let failover =
         failover::driver::Failover::start(config.clone(), journal.clone(), shutdown.clone());
     let wake = Arc::new(Notify::new());
+    let routes = smtp::route::Routes::new(config.clone(), failover.clone());
+    routes.warn_about_config();
     let shared = Arc::new(SmtpShared {
+        routes: routes.clone(),
         replicator,
         config: config.clone(),
         journal: journal.clone(),
@@ -135,7 +140,10 @@ pub async fn run(
     let registry = imap::registry::Registry::start(
         journal.clone(),
         failover.clone(),
-        config.imap.connect_timeout.max(std::time::Duration::from_secs(30)),
+        config
+            .imap
+            .connect_timeout
+            .max(std::time::Duration::from_secs(30)),
         shutdown.clone(),
     );
     let imap = Arc::new(imap::ImapShared {
@@ -176,9 +184,11 @@ pub async fn run(
         });
     }
     tasks.spawn(sweep_upstreams(shared.clone()));
+    tasks.spawn(smtp::route::follow_active_backend(shared.clone()));
     tasks.spawn(delivery::run(
         journal.clone(),
         config.clone(),
+        routes,
         wake.clone(),
         shutdown.clone(),
     ));

@@ -36,6 +36,7 @@ impl Session {
             conn.reply(&reply::AUTH_IN_TX);
             return Ok(());
         }
+        self.follow_active().await;
         if self.upstream.is_none() {
             conn.reply(&reply::AUTH_TEMP);
             return Ok(());

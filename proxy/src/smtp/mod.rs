@@ -6,8 +6,11 @@
 
 mod auth;
 pub mod connection;
+pub mod envelope;
+mod handoff;
 pub mod pool;
 pub mod reply;
+pub mod route;
 pub mod session;
 mod transaction;
 pub mod upstream;
@@ -42,6 +45,8 @@ pub struct SmtpShared {
     pub replicator: Option<crate::replication::Replicator>,
     /// Idle upstream sessions handed from one client session to the next.
     pub upstreams: pool::UpstreamPool,
+    /// Which site's mail servers sessions talk to.
+    pub routes: route::Routes,
 }
 
 impl std::fmt::Debug for SmtpShared {

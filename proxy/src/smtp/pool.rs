@@ -13,6 +13,11 @@
 //! sessions are closed after `smtp.upstream_idle`, and a connection serves at most
 //! [`MAX_USES`] client sessions so that no per-connection counter at the upstream can
 //! grow without bound.
+//!
+//! Sessions are kept per upstream address, so a client only ever takes over a session to
+//! the server it would have dialled. After a change of the active backend the pool keeps
+//! only the new backend's addresses ([`UpstreamPool::keep_only`]): idle sessions to the
+//! site that was left are closed, and sessions to it are not taken back.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,10 +35,17 @@ pub const MAX_USES: u32 = 32;
 /// Greeted upstream connections waiting for their next client session.
 #[derive(Debug)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    state: Mutex<State>,
     /// Most idle connections kept per upstream address; 0 turns pooling off.
     max_idle: usize,
     idle_for: Duration,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// The only addresses sessions are kept for; any, until [`UpstreamPool::keep_only`].
+    allowed: Option<Vec<SocketAddr>>,
 }
 
 #[derive(Debug)]
@@ -45,7 +57,7 @@ struct Idle {
 impl UpstreamPool {
     pub fn new(max_idle: usize, idle_for: Duration) -> Self {
         UpstreamPool {
-            idle: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             max_idle,
             idle_for,
         }
@@ -83,8 +95,12 @@ impl UpstreamPool {
         if self.max_idle == 0 || !upstream.reusable(MAX_USES) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = idle.entry(upstream.addr()).or_default();
+        let mut state = self.lock();
+        let addr = upstream.addr();
+        if state.allowed.as_ref().is_some_and(|a| !a.contains(&addr)) {
+            return;
+        }
+        let queue = state.idle.entry(addr).or_default();
         if queue.len() < self.max_idle {
             queue.push(Idle {
                 upstream,
@@ -95,8 +111,8 @@ impl UpstreamPool {
 
     /// The most recently returned live session for `addr` (the likeliest to be alive).
     fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let queue = idle.get_mut(&addr)?;
+        let mut state = self.lock();
+        let queue = state.idle.get_mut(&addr)?;
         while let Some(entry) = queue.pop() {
             if entry.since.elapsed() < self.idle_for {
                 return Some(entry.upstream);
@@ -109,35 +125,63 @@ impl UpstreamPool {
     /// returns how many.
     pub fn sweep(&self, all: bool) -> usize {
         let expired: Vec<Upstream> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self.lock();
             let mut expired = Vec::new();
-            for queue in idle.values_mut() {
+            for queue in state.idle.values_mut() {
                 let (old, fresh): (Vec<Idle>, Vec<Idle>) = std::mem::take(queue)
                     .into_iter()
                     .partition(|entry| all || entry.since.elapsed() >= self.idle_for);
                 *queue = fresh;
                 expired.extend(old.into_iter().map(|entry| entry.upstream));
             }
-            idle.retain(|_, queue| !queue.is_empty());
+            state.idle.retain(|_, queue| !queue.is_empty());
             expired
         };
-        let count = expired.len();
-        for upstream in expired {
-            tokio::spawn(upstream.quit());
-        }
-        count
+        close(expired)
+    }
+
+    /// From now on keeps sessions to `addrs` only; closes the idle ones to any other
+    /// address and returns how many.
+    pub fn keep_only(&self, addrs: &[SocketAddr]) -> usize {
+        let left: Vec<Upstream> = {
+            let mut state = self.lock();
+            state.allowed = Some(addrs.to_vec());
+            let others: Vec<SocketAddr> = (state.idle.keys())
+                .filter(|addr| !addrs.contains(addr))
+                .copied()
+                .collect();
+            others
+                .into_iter()
+                .filter_map(|addr| state.idle.remove(&addr))
+                .flatten()
+                .map(|entry| entry.upstream)
+                .collect()
+        };
+        close(left)
     }
 
     /// Sessions idle now, across all upstreams.
     pub fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.values().map(Vec::len).sum()
+        self.lock().idle.values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How often [`UpstreamPool::sweep`] should run.
     pub fn sweep_interval(&self) -> Duration {
         (self.idle_for / 2).max(Duration::from_millis(100))
     }
+}
+
+/// Ends `sessions` politely in the background; returns how many.
+fn close(sessions: Vec<Upstream>) -> usize {
+    let count = sessions.len();
+    for upstream in sessions {
+        tokio::spawn(upstream.quit());
+    }
+    count
 }
 
 #[cfg(test)]
@@ -250,6 +294,32 @@ mod tests {
             0,
             "a connection served more than MAX_USES"
         );
+    }
+
+    #[tokio::test]
+    async fn sessions_of_a_backend_that_was_left_are_closed_and_not_taken_back() {
+        let (primary, replica) = (fake_upstream().await, fake_upstream().await);
+        let pool = UpstreamPool::new(4, Duration::from_secs(60));
+        let to_primary = checkout(&pool, primary).await;
+        pool.put(to_primary);
+        let to_replica = checkout(&pool, replica).await;
+        let replica_local = to_replica.local_addr();
+        pool.put(to_replica);
+        assert_eq!(pool.idle_count(), 2);
+
+        assert_eq!(pool.keep_only(&[replica]), 1, "the primary's idle session");
+        assert_eq!(pool.idle_count(), 1);
+        let again = checkout(&pool, replica).await;
+        assert_eq!(again.local_addr(), replica_local, "the replica's was kept");
+        let late = checkout(&pool, primary).await;
+        pool.put(late);
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a session to the primary was taken back"
+        );
+        pool.put(again);
+        assert_eq!(pool.idle_count(), 1);
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! The session owns its upstream connection and its transaction; the envelope and DATA
 //! handling live in [`super::transaction`], AUTH relaying in [`super::auth`]. The state is
 //! explicit: `helo` says whether a greeting was exchanged, `tx` whether a transaction is
-//! open, `upstream` whether the mail server is reachable for this session.
+//! open, `upstream` whether the mail server is reachable for this session, and `backend`
+//! which site's mail server that is (see [`super::route`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,10 +17,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{ConnError, Connection, Line};
 use super::reply::{self, Reply};
+use super::route;
+use super::transaction::Transaction;
 use super::upstream::{ClientIdentity, Upstream, UpstreamError};
 use super::{ListenerInfo, SmtpShared};
+use crate::failover::controller::Backend;
 use crate::metrics as m;
 use levee_config::{ListenerKind, TlsMode};
+use levee_journal::ClientInfo;
 
 /// What the caller must do when [`Session::serve`] returns.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,15 +32,6 @@ pub enum Next {
     Close,
     /// The client asked for STARTTLS and got 220: upgrade the stream, then serve again.
     StartTls,
-}
-
-/// An open mail transaction (after a successful MAIL FROM).
-#[derive(Debug)]
-pub struct Transaction {
-    pub mail_from: String,
-    pub rcpts: Vec<String>,
-    /// The upstream took part in this transaction from its MAIL FROM on.
-    pub via_upstream: bool,
 }
 
 /// State of one client session, kept across the STARTTLS upgrade.
@@ -49,7 +45,9 @@ pub struct Session {
     pub(super) auth_user: Option<String>,
     pub(super) upstream: Option<Upstream>,
     /// The upstream connection being opened while the client is still greeting us.
-    pending: Option<tokio::task::JoinHandle<Result<Upstream, UpstreamError>>>,
+    pub(super) pending: Option<tokio::task::JoinHandle<Result<Upstream, UpstreamError>>>,
+    /// The site `upstream` (or `pending`) belongs to, or the one last tried.
+    pub(super) backend: Backend,
     pub(super) tx: Option<Transaction>,
     errors: u32,
 }
@@ -75,6 +73,7 @@ impl Session {
         peer: SocketAddr,
         tls: bool,
     ) -> Self {
+        let backend = shared.routes.active();
         Session {
             shared,
             listener,
@@ -84,6 +83,7 @@ impl Session {
             auth_user: None,
             upstream: None,
             pending: None,
+            backend,
             tx: None,
             errors: 0,
         }
@@ -93,7 +93,8 @@ impl Session {
     /// that the client's EHLO costs one upstream round trip instead of five.
     pub fn connect_upstream_early(&mut self) {
         let config = &self.shared.config;
-        let addr = config.upstream.primary.smtp_for(self.listener.kind);
+        self.backend = self.shared.routes.active();
+        let addr = self.shared.routes.addr(self.backend, self.listener.kind);
         let identity = ClientIdentity {
             addr: Some(self.peer),
             helo: None,
@@ -305,8 +306,12 @@ impl Session {
         self.tx = None;
     }
 
-    /// Makes sure an upstream session exists and has heard the client's HELO name.
+    /// Makes sure an upstream session to the active backend exists and has heard the
+    /// client's HELO name.
     async fn upstream_hello(&mut self, host: &str) {
+        if self.shared.routes.active() != self.backend {
+            self.leave_backend();
+        }
         if self.upstream.is_none() {
             if self.pending.is_none() {
                 self.connect_upstream_early();
@@ -320,8 +325,8 @@ impl Session {
             match connected {
                 Ok(upstream) => self.upstream = Some(upstream),
                 Err(err) => {
-                    metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
-                    tracing::warn!(%err, "upstream unavailable");
+                    route::note_failure(&self.shared, self.backend, &err);
+                    tracing::warn!(%err, backend = ?self.backend, "upstream unavailable");
                     return;
                 }
             }
@@ -329,7 +334,7 @@ impl Session {
         if let Some(upstream) = self.upstream.as_mut()
             && let Err(err) = upstream.hello(host).await
         {
-            metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
+            route::note_failure(&self.shared, self.backend, &err);
             tracing::warn!(%err, "upstream refused EHLO");
             self.upstream = None;
         }
@@ -342,7 +347,7 @@ impl Session {
         match upstream.command(line).await {
             Ok(reply) => Some(reply),
             Err(err) => {
-                metrics::counter!(m::UPSTREAM_FAILURES).increment(1);
+                route::note_failure(&self.shared, self.backend, &err);
                 tracing::warn!(%err, "upstream failed mid-session");
                 self.upstream = None;
                 None
@@ -360,6 +365,17 @@ impl Session {
             self.shared.upstreams.put(upstream);
         } else {
             tokio::spawn(upstream.quit());
+        }
+    }
+
+    /// What the journal records of this client.
+    pub(super) fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            addr: Some(self.peer.to_string()),
+            helo: self.helo.clone(),
+            authenticated_user: self.auth_user.clone(),
+            listener: self.listener.name.clone(),
+            tls: self.tls,
         }
     }
 

@@ -46,6 +46,21 @@ pub enum UpstreamError {
     Refused { addr: SocketAddr, reply: Reply },
 }
 
+impl UpstreamError {
+    /// The server could not be reached or broke off (a fact about the site's health), as
+    /// opposed to a reply it chose to give.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Io { .. }
+                | UpstreamError::Closed { .. }
+                | UpstreamError::Protocol { .. }
+        )
+    }
+}
+
 /// Who the client really is, passed with XCLIENT when the upstream allows it.
 #[derive(Debug, Clone, Default)]
 pub struct ClientIdentity {
@@ -267,13 +282,45 @@ impl Upstream {
         self.end_body().await
     }
 
+    /// DATA, `header` and the client's `body`, and the final dot (one write after the go
+    /// ahead); returns the final reply, or the refusal of DATA itself.
+    pub async fn send_traced(
+        &mut self,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        if let Some(refusal) = self.begin_data().await? {
+            return Ok(refusal);
+        }
+        self.finish_data(header, body).await
+    }
+
+    /// DATA alone; `Some(reply)` when it was refused, `None` after the go-ahead (354).
+    pub async fn begin_data(&mut self) -> Result<Option<Reply>, UpstreamError> {
+        let go_ahead = self.command(b"DATA\r\n").await?;
+        Ok((go_ahead.code() != 354).then_some(go_ahead))
+    }
+
+    /// After [`Upstream::begin_data`]: `header` (complete CRLF-terminated header lines),
+    /// the dot-stuffed `body` and the final dot; returns the upstream's verdict.
+    pub async fn finish_data(
+        &mut self,
+        header: &[u8],
+        body: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        let mut wire = Vec::with_capacity(header.len() + body.len() + body.len() / 64 + 8);
+        dot_stuff(header, &mut wire);
+        dot_stuff(body, &mut wire);
+        wire.extend_from_slice(b".\r\n");
+        self.command(&wire).await
+    }
+
     /// DATA and the dot-stuffed body, but not the final dot: the upstream holds an
     /// incomplete message that it discards if the connection drops now. `Some(reply)` when
     /// DATA itself was refused.
     pub async fn begin_body(&mut self, body: &[u8]) -> Result<Option<Reply>, UpstreamError> {
-        let go_ahead = self.command(b"DATA\r\n").await?;
-        if go_ahead.code() != 354 {
-            return Ok(Some(go_ahead));
+        if let Some(refusal) = self.begin_data().await? {
+            return Ok(Some(refusal));
         }
         let mut wire = Vec::with_capacity(body.len() + body.len() / 64 + 8);
         dot_stuff(body, &mut wire);

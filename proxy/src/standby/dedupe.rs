@@ -19,9 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use levee_config::Apply;
-use levee_journal::Seq;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
 use time::macros::format_description;
 
 use super::imap_client::{ImapError, Session};
@@ -36,24 +34,8 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// primary and the standby. It keeps the header search off years of old mail.
 const SINCE_MARGIN: Duration = Duration::from_secs(2 * 24 * 3600);
 
-/// The id of the copy of one record: its seq, and the first 8 bytes of its chain hash,
-/// which name the primary journal it came from (a rebuilt primary starts another chain).
-pub fn trace_id(seq: Seq, chain: &[u8; 32]) -> String {
-    let mut id = format!("L{seq}.");
-    for byte in &chain[..8] {
-        id.push_str(&format!("{byte:02x}"));
-    }
-    id
-}
-
-/// `Received: by <hostname> (levee apply) with <protocol> id <id>; <date>` and CRLF: the one
-/// line the applier puts above the client's bytes.
-pub fn received_header(hostname: &str, protocol: &str, id: &str, now: OffsetDateTime) -> String {
-    let date = now
-        .format(&Rfc2822)
-        .unwrap_or_else(|_| "Thu, 1 Jan 1970 00:00:00 +0000".into());
-    format!("Received: by {hostname} (levee apply) with {protocol} id {id}; {date}\r\n")
-}
+// The header and its id are shared with the SMTP path, whose copies carry the same id.
+pub use crate::trace::{received_header, trace_id};
 
 /// The `UID SEARCH` criteria that find the copy with `id` of a record journaled at
 /// `time_ms`.
@@ -146,30 +128,6 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trace_id_is_seq_and_chain_prefix() {
-        let mut chain = [0u8; 32];
-        chain[..8].copy_from_slice(&[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
-        chain[8] = 0xff;
-        assert_eq!(trace_id(42, &chain), "L42.0123456789abcdef");
-        // Same seq, another primary journal: another id.
-        chain[0] = 0x02;
-        assert_ne!(trace_id(42, &chain), "L42.0123456789abcdef");
-    }
-
-    #[test]
-    fn received_header_is_one_rfc5322_line() {
-        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let header = received_header("standby.example", "LMTP", "L7.00ff00ff00ff00ff", now);
-        assert_eq!(
-            header,
-            "Received: by standby.example (levee apply) with LMTP id L7.00ff00ff00ff00ff; \
-             Tue, 14 Nov 2023 22:13:20 +0000\r\n"
-        );
-        assert!(header.len() < 998);
-        assert_eq!(header.matches("\r\n").count(), 1);
-    }
 
     #[test]
     fn search_looks_back_two_days_for_the_quoted_id() {
