@@ -45,8 +45,9 @@ fn pooled_upstream_sessions_carry_each_clients_identity() {
             .find(|m| contains(m, id.as_bytes()))
             .unwrap_or_else(|| panic!("{id} missing"));
         assert!(copy.ends_with(body), "{id}: client bytes changed");
-        // Postfix's own Received header (levee's own names the client too, so match Postfix's form) names the EHLO of the client that sent this
-        // message, not of an earlier client on the same upstream connection.
+        // Postfix's own Received header names the EHLO of the client that sent this
+        // message, not of an earlier client on the same upstream connection (matched in
+        // Postfix's form: levee's own trace header names the client too).
         let helo = format!("from client{i}.test (unknown [");
         assert!(
             contains(copy, helo.as_bytes()),
