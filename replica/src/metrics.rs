@@ -17,6 +17,7 @@ pub const RECV_SESSION_ERRORS: &str = "levee_replica_session_errors_total";
 pub const RECV_HEAD: &str = "levee_replica_durable_seq";
 pub const APPLIED_SEQ: &str = "levee_replica_applied_seq";
 pub const APPLY_PARKED: &str = "levee_replica_parked_total";
+pub const MAILBOX_CHANGES: &str = "levee_replica_mailbox_changes_total";
 
 /// Describes every metric of this crate (call once, after installing a recorder).
 pub fn describe() {
@@ -64,5 +65,9 @@ pub fn describe() {
     describe_counter!(
         APPLY_PARKED,
         "Records whose delivery to the standby failed permanently"
+    );
+    describe_counter!(
+        MAILBOX_CHANGES,
+        "IMAP mailbox changes from the primary applied at the standby"
     );
 }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dedupe::{self, Dedupe, SETTLE};
 use super::link::{StandbyLink, Target, Verdict};
+use super::mailbox;
 use crate::smtp::now_ms;
 
 /// Records applied between two fdatasyncs of their states. After a crash at most this many
@@ -180,8 +181,35 @@ impl Applier {
             let Some(record) = self.journal.get(seq)? else {
                 continue;
             };
-            let RecordKind::Message(message) = &record.kind else {
-                continue;
+            let message = match &record.kind {
+                RecordKind::Message(message) => message,
+                RecordKind::Mailbox(change) => {
+                    if let Some(at) = self.current(seq).not_before
+                        && Instant::now() < at
+                    {
+                        return Ok(Pass::Blocked(at));
+                    }
+                    let unsure = state.attempts > 0 || self.unsure_from_start.is_some();
+                    let step = match mailbox::apply(self.dedupe.as_ref(), change, unsure).await {
+                        mailbox::Outcome::Done(note) => {
+                            Step::Finished(DeliveryStatus::Delivered, note)
+                        }
+                        mailbox::Outcome::Failed(note) => {
+                            Step::Finished(DeliveryStatus::Failed, note)
+                        }
+                        mailbox::Outcome::Retry(note) => Step::Retry(note),
+                    };
+                    if matches!(step, Step::Finished(DeliveryStatus::Delivered, _)) {
+                        metrics::counter!(rm::MAILBOX_CHANGES, "change" => change.change.name())
+                            .increment(1);
+                    }
+                    if let Some(pass) = self.settle(seq, &state, step).await? {
+                        return Ok(pass);
+                    }
+                    pass = Pass::Applied;
+                    continue;
+                }
+                RecordKind::Audit(_) => continue,
             };
             let local: Vec<&str> = message
                 .rcpt_to
@@ -202,57 +230,70 @@ impl Applier {
                 }
                 self.attempt(&record, message, &local).await
             };
-            let (status, note) = match step {
-                Step::Finished(status, note) => (status, note),
-                Step::NotBefore(at) => return Ok(Pass::Blocked(at)),
-                Step::Retry(note) => {
-                    tracing::warn!(seq, %note, "standby delivery failed; will retry this record");
-                    let retry_at = Instant::now() + self.apply.retry;
-                    let checked = self.dedupe.is_some();
-                    let current = self.current(seq);
-                    let at = match current.unsure_since {
-                        Some(since) if checked => retry_at.max(since + SETTLE),
-                        _ => retry_at,
-                    };
-                    current.not_before = Some(at);
-                    let retry = DeliveryState {
-                        status: DeliveryStatus::Pending,
-                        attempts: state.attempts + 1,
-                        next_attempt_ms: now_ms() + self.apply.retry.as_millis() as u64,
-                        last_reply: Some(note),
-                        updated_ms: now_ms(),
-                    };
-                    self.journal.set_state(seq, &retry)?;
-                    return Ok(Pass::Blocked(at));
-                }
-            };
-            if status == DeliveryStatus::Failed {
-                metrics::counter!(rm::APPLY_PARKED).increment(1);
-                tracing::error!(seq, %note, "standby refused the message permanently; parked");
-            }
-            self.journal.set_state(
-                seq,
-                &DeliveryState {
-                    status,
-                    attempts: state.attempts + 1,
-                    next_attempt_ms: 0,
-                    last_reply: Some(note),
-                    updated_ms: now_ms(),
-                },
-            )?;
-            // Only now: had the state not been written, the next pass must still know who
-            // has the record.
-            self.current = None;
-            self.last_final = Some(seq);
-            self.unflushed += 1;
-            // Durable every APPLY_GROUP records: a restart then checks at most that many
-            // records at the standby before applying them again.
-            if self.unflushed >= APPLY_GROUP {
-                self.flush_progress().await?;
+            if let Some(pass) = self.settle(seq, &state, step).await? {
+                return Ok(pass);
             }
             pass = Pass::Applied;
         }
         Ok(pass)
+    }
+
+    /// Records what one attempt at record `seq` came to; `Some` when the pass must stop.
+    async fn settle(
+        &mut self,
+        seq: Seq,
+        state: &DeliveryState,
+        step: Step,
+    ) -> Result<Option<Pass>, JournalError> {
+        let (status, note) = match step {
+            Step::Finished(status, note) => (status, note),
+            Step::NotBefore(at) => return Ok(Some(Pass::Blocked(at))),
+            Step::Retry(note) => {
+                tracing::warn!(seq, %note, "standby delivery failed; will retry this record");
+                let retry_at = Instant::now() + self.apply.retry;
+                let checked = self.dedupe.is_some();
+                let current = self.current(seq);
+                let at = match current.unsure_since {
+                    Some(since) if checked => retry_at.max(since + SETTLE),
+                    _ => retry_at,
+                };
+                current.not_before = Some(at);
+                let retry = DeliveryState {
+                    status: DeliveryStatus::Pending,
+                    attempts: state.attempts + 1,
+                    next_attempt_ms: now_ms() + self.apply.retry.as_millis() as u64,
+                    last_reply: Some(note),
+                    updated_ms: now_ms(),
+                };
+                self.journal.set_state(seq, &retry)?;
+                return Ok(Some(Pass::Blocked(at)));
+            }
+        };
+        if status == DeliveryStatus::Failed {
+            metrics::counter!(rm::APPLY_PARKED).increment(1);
+            tracing::error!(seq, %note, "standby refused the message permanently; parked");
+        }
+        self.journal.set_state(
+            seq,
+            &DeliveryState {
+                status,
+                attempts: state.attempts + 1,
+                next_attempt_ms: 0,
+                last_reply: Some(note),
+                updated_ms: now_ms(),
+            },
+        )?;
+        // Only now: had the state not been written, the next pass must still know who
+        // has the record.
+        self.current = None;
+        self.last_final = Some(seq);
+        self.unflushed += 1;
+        // Durable every APPLY_GROUP records: a restart then checks at most that many
+        // records at the standby before applying them again.
+        if self.unflushed >= APPLY_GROUP {
+            self.flush_progress().await?;
+        }
+        Ok(None)
     }
 
     /// The in-memory state of record `seq`, started afresh for a new record.

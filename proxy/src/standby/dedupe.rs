@@ -108,6 +108,24 @@ impl Dedupe {
         }))
     }
 
+    /// A session at the standby logged in to `user`'s mailboxes as the master user.
+    pub async fn open_as(
+        &self,
+        user: &str,
+    ) -> Result<crate::imap::conn::Conn, crate::imap::conn::ConnError> {
+        use crate::imap::conn::{Conn, within};
+        let response = super::imap_wire::plain_response(user, &self.master_user, &self.password.0);
+        within(self.timeout, async {
+            let mut conn = Conn::open(self.imap).await?;
+            conn.run(crate::imap::identity::command(&format!(
+                "AUTHENTICATE PLAIN {response}"
+            )))
+            .await?;
+            Ok(conn)
+        })
+        .await
+    }
+
     /// Whether `rcpt`'s INBOX at the standby holds a message found by `criteria` (see
     /// [`search_criteria`]). An error means "unknown", never "absent".
     pub async fn holds(&self, rcpt: &str, criteria: &str) -> Result<bool, ImapError> {
