@@ -478,3 +478,15 @@ fn wait_until_listening(addr: SocketAddr, log: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl Levee {
+    /// Stops levee, rewrites its config file with `edit`, and starts it again on the same
+    /// ports and journal (for settings the generated config does not expose, such as
+    /// `[imap] allow_plaintext_auth`).
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&str) -> String) {
+        self.stop();
+        let text = std::fs::read_to_string(&self.config_path).expect("read levee config");
+        std::fs::write(&self.config_path, edit(&text)).expect("write levee config");
+        self.restart();
+    }
+}

@@ -8,12 +8,14 @@
 //! - [`clients`]: the Python clients, returning their JSON verdicts.
 //! - [`load`]: a Rust SMTP load client (exact per-message timestamps) and a kept-alive
 //!   HTTP client for levee's `/metrics` and `/status`, for benchmarks.
+//! - [`imap_load`]: a Rust IMAP client for many concurrent sessions (IDLE, plain or TLS).
 //!
 //! A missing Postfix or Dovecot is a loud failure, never a skip: every test calls
 //! [`Site::start`], which panics with the install command when they are absent.
 
 pub mod bench;
 pub mod clients;
+pub mod imap_load;
 pub mod imap_steps;
 pub mod levee;
 pub mod load;
@@ -254,4 +256,65 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
             let (key, value) = line.split_once(' ')?;
             (key == name).then(|| value.trim().parse().ok()).flatten()
         })
+}
+
+/// `StackSpec::new(name)` plus `count` users `user01`, `user02`, ... (passwords `user01-pw`,
+/// ...), with Dovecot tuned for many concurrent sessions (`benchmark_mode`).
+pub fn spec_with_users(name: &str, count: usize) -> StackSpec {
+    let mut spec = StackSpec::new(name);
+    spec.users
+        .extend((1..=count).map(|i| (format!("user{i:02}"), format!("user{i:02}-pw"))));
+    spec.benchmark_mode = true;
+    spec
+}
+
+impl Site {
+    /// As [`Site::start_with`], on a mail stack built from `spec`.
+    pub fn start_spec(spec: StackSpec, mode: LeveeMode, extra: &str) -> Site {
+        let (stack, dir) = start_stack_spec(spec);
+        let levee = Levee::start(mode, dir.path(), &stack, extra);
+        Site { stack, levee, dir }
+    }
+
+    /// The certificate levee presents to clients (names `localhost` and `levee.test`).
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+}
+
+impl ReplicaSite {
+    /// As [`ReplicaSite::start`], on a mail stack built from `spec`.
+    pub fn start_spec(spec: StackSpec, mode: LeveeMode) -> ReplicaSite {
+        let (stack, dir) = start_stack_spec(spec);
+        let (daemon, link) = Levee::start_replica(mode, dir.path(), &stack);
+        ReplicaSite {
+            stack,
+            daemon,
+            link,
+            dir,
+        }
+    }
+
+    /// The `extra` config of a primary that streams here (async) and fails over to this
+    /// site's servers; `failover` is the `[failover]` section, empty for the defaults.
+    pub fn primary_extra(&self, failover: &str) -> String {
+        format!(
+            "{}\n[upstream.replica]\nsmtp = \"{}\"\nimap = \"{}\"\n{failover}",
+            self.link.primary_section("async", "2s"),
+            self.stack.smtp_addr(),
+            self.stack.imap_addr()
+        )
+    }
+}
+
+fn start_stack_spec(spec: StackSpec) -> (MailStack, tempfile::TempDir) {
+    ensure_mail_servers();
+    let name = spec.name.clone();
+    let stack = MailStack::start(spec)
+        .unwrap_or_else(|err| panic!("cannot start the {name} mail stack: {err}"));
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("levee-{name}-"))
+        .tempdir()
+        .expect("temp dir");
+    (stack, dir)
 }

@@ -220,6 +220,10 @@ service auth {{
              service anvil {\n  client_limit = 20000\n}\n\
              service auth {\n  client_limit = 20000\n}\n",
         );
+        // Every IDLE session watches its mailbox with an inotify instance of the mail uid
+        // (nobody), and Linux allows 128 per uid by default (fs.inotify.max_user_instances):
+        // past that Dovecot checks for changes on a timer, 30 s unless told otherwise.
+        c.push_str("mailbox_idle_check_interval = 1 secs\n");
     }
     c
 }

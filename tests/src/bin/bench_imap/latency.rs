@@ -1,0 +1,133 @@
+//! Round trips of small commands on one logged-in INBOX: straight to Dovecot, through
+//! levee without TLS, and through levee with implicit TLS, in the same run. Each round
+//! times every path in turn (the order reversed every other round), so that drift of the
+//! machine spreads evenly over the three. The client runs on a single-threaded runtime.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use levee_tests::imap_load::{ImapClient, Security};
+use levee_tests::{LeveeMode, Site, spec_with_users};
+
+use super::{Args, allow_plaintext, deliver};
+
+/// The commands timed, as sent.
+pub(crate) const COMMANDS: [&str; 2] = ["NOOP", "UID FETCH 1 (FLAGS)"];
+/// The paths timed, in the order of odd rounds.
+pub(crate) const PATHS: [&str; 3] = ["direct", "levee", "levee, implicit TLS"];
+/// Untimed commands per path before the first round.
+const WARM_UP: usize = 200;
+/// Messages in the INBOX the commands run on.
+const MESSAGES: usize = 10;
+
+/// p50 and p99 of one path, command and round, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// `[command][path]` -> one entry per round.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    pub rounds: Vec<[[Percentiles; PATHS.len()]; COMMANDS.len()]>,
+}
+
+impl Latency {
+    /// Every round's figure for `command` and `path`.
+    pub(crate) fn series(
+        &self,
+        command: usize,
+        path: usize,
+        pick: fn(&Percentiles) -> f64,
+    ) -> Vec<f64> {
+        self.rounds
+            .iter()
+            .map(|r| pick(&r[command][path]))
+            .collect()
+    }
+}
+
+/// Nearest-rank percentile (`p` in 0..=100) of sorted `v`.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// Times `n` runs of `command` on `client`.
+async fn time(client: &mut ImapClient, command: &str, n: usize) -> Result<Percentiles> {
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sent = Instant::now();
+        client.ok(command).await?;
+        us.push(sent.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    Ok(Percentiles {
+        p50: percentile(&us, 50.0),
+        p99: percentile(&us, 99.0),
+    })
+}
+
+pub(crate) fn run(a: &Args) -> Result<Latency> {
+    // One thread: a wake-up never crosses threads on the client's side of a round trip.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut site = Site::start_spec(spec_with_users("imap-rtt", 0), LeveeMode::Child, "");
+    allow_plaintext(&mut site);
+    let users = vec!["alice".to_string()];
+    for i in 0..MESSAGES {
+        deliver(&site, &users, &format!("rtt-{i}"))?;
+    }
+    let ids: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("rtt-{i}-alice@bench.example.org"))
+        .collect();
+    site.wait_for_messages("alice", &ids, 60);
+    let password = site.password("alice");
+    let tls = Security::tls(&site.cert_path())?;
+    let targets = [
+        (site.stack.imap_addr(), Security::Plain),
+        (site.levee.ports.imap, Security::Plain),
+        (site.levee.ports.imaps, tls),
+    ];
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for (addr, security) in &targets {
+            let mut client = ImapClient::connect(*addr, security)
+                .await
+                .with_context(|| format!("IMAP to {addr}"))?;
+            client.login("alice", &password).await?;
+            client.select("INBOX").await?;
+            for command in COMMANDS {
+                time(&mut client, command, WARM_UP).await?;
+            }
+            clients.push(client);
+        }
+        let mut out = Latency::default();
+        for round in 0..a.rounds {
+            let mut figures = [[Percentiles::default(); PATHS.len()]; COMMANDS.len()];
+            let mut order: Vec<usize> = (0..PATHS.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (c, command) in COMMANDS.iter().enumerate() {
+                for &p in &order {
+                    figures[c][p] = time(&mut clients[p], command, a.commands).await?;
+                }
+            }
+            eprintln!(
+                "round {}: NOOP p99 direct {:.0} us, levee {:.0} us, levee TLS {:.0} us",
+                round + 1,
+                figures[0][0].p99,
+                figures[0][1].p99,
+                figures[0][2].p99
+            );
+            out.rounds.push(figures);
+        }
+        Ok(out)
+    })
+}
