@@ -152,6 +152,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         failover: failover.clone(),
         registry,
+        rebuilds: Semaphore::new(imap::REBUILDS_AT_ONCE),
     });
     let imap_slots = Arc::new(Semaphore::new(config.imap.max_connections));
     for spec in &config.imap.listen {

@@ -266,7 +266,14 @@ impl Session {
             return;
         };
         let limit = self.shared.config.imap.connect_timeout;
-        match rebuild(addr, &self.state, limit).await {
+        // A failover moves every session at once: a bounded number rebuild at a time, and
+        // each one's time limit starts with its turn (a server flooded with logins answers
+        // none of them in time).
+        let shared = self.shared.clone();
+        let turn = shared.rebuilds.acquire().await;
+        let rebuilt = rebuild(addr, &self.state, limit).await;
+        drop(turn);
+        match rebuilt {
             Ok(rebuilt) => {
                 let (read, write) = rebuilt.stream.into_split();
                 self.up_read = read;

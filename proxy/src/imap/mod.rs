@@ -47,7 +47,12 @@ pub struct ImapShared {
     pub failover: Option<Failover>,
     /// Followed mailboxes, journaled changes and UID translations.
     pub registry: Arc<registry::Registry>,
+    /// Sessions being rebuilt on another server at once (see [`REBUILDS_AT_ONCE`]).
+    pub rebuilds: Semaphore,
 }
+
+/// How many sessions log in again at the same time after a failover.
+pub const REBUILDS_AT_ONCE: usize = 16;
 
 impl ImapShared {
     /// The IMAP server of `backend`.
@@ -101,14 +106,16 @@ pub async fn serve_listener(
 async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<ImapShared>) {
     let implicit = tls == TlsMode::Implicit;
     let backend = shared.active_backend();
-    let upstream = connect_upstream(&shared, backend).await;
+    let upstream = Box::pin(connect_upstream(&shared, backend)).await;
     if implicit {
-        let Some(mut client) = handshake(&shared, stream).await else {
+        let Some(client) = Box::pin(handshake(&shared, stream)).await else {
             return;
         };
+        // Boxed, like the Session: a plain session's task must not reserve room for them.
+        let mut client = Box::new(client);
         match upstream {
             Some(upstream) => {
-                let mut session = Session::new(shared.clone(), upstream, backend, true);
+                let mut session = Box::new(Session::new(shared.clone(), upstream, backend, true));
                 session.serve(&mut client).await;
             }
             None => unavailable(&mut client).await,
@@ -120,10 +127,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<I
         unavailable(&mut client).await;
         return;
     };
-    let mut session = Session::new(shared.clone(), upstream, backend, false);
+    let mut session = Box::new(Session::new(shared.clone(), upstream, backend, false));
     if session.serve(&mut client).await == Next::StartTls
-        && let Some(mut tls) = handshake(&shared, client).await
+        && let Some(tls) = Box::pin(handshake(&shared, client)).await
     {
+        let mut tls = Box::new(tls);
         session.upgraded();
         session.serve(&mut tls).await;
     }

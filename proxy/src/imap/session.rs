@@ -154,6 +154,8 @@ impl Session {
         pump.next
     }
 
+    // The rare paths (moving the session, waiting for a catalogue or a translation) are
+    // boxed: an idle session's task is only as large as its common path.
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         pump: &mut Pump,
@@ -184,7 +186,7 @@ impl Session {
                 written = self.up_write.write(front_bytes(&self.up_out)), if up_writable => {
                     match written {
                         Ok(n) if n > 0 => self.advance_up(n),
-                        _ => self.upstream_lost(pump).await,
+                        _ => Box::pin(self.upstream_lost(pump)).await,
                     }
                 }
                 read = self.up_read.read_buf(&mut from_upstream), if read_upstream => {
@@ -196,22 +198,22 @@ impl Session {
                             if std::mem::take(&mut self.await_catalogue)
                                 && let Some(following) = &self.following
                             {
-                                following.ready(CATALOGUE_WAIT).await;
+                                Box::pin(following.ready(CATALOGUE_WAIT)).await;
                             }
                             if self.migrate_pending && self.can_migrate() {
-                                self.migrate_to_active(pump).await;
+                                Box::pin(self.migrate_to_active(pump)).await;
                             }
                         }
                         _ => {
                             from_upstream.clear();
-                            self.upstream_lost(pump).await;
+                            Box::pin(self.upstream_lost(pump)).await;
                         }
                     }
                 }
                 active = next_active(&mut self.active) => {
                     if active.backend != self.backend {
                         if self.can_migrate() {
-                            self.migrate_to_active(pump).await;
+                            Box::pin(self.migrate_to_active(pump)).await;
                         } else {
                             self.migrate_pending = true;
                         }
@@ -225,7 +227,7 @@ impl Session {
                             deadline = self.deadline();
                             self.take_client_messages(pump);
                             if let Some(mailbox) = self.translate_next.take() {
-                                self.translation = self.translation_for(&mailbox).await;
+                                self.translation = Box::pin(self.translation_for(&mailbox)).await;
                             }
                         }
                         _ => {

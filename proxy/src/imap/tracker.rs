@@ -89,7 +89,12 @@ impl Follower {
         }
         let mut first = true;
         loop {
-            self.look(&mut conn).await?;
+            // The server reports a change made during a look at its end: look again then.
+            for _ in 0..8 {
+                if !self.look(&mut conn).await? {
+                    break;
+                }
+            }
             if first {
                 tracing::debug!(
                     user = %self.followed.key.0, mailbox = %mailbox,
@@ -106,11 +111,21 @@ impl Follower {
         }
     }
 
-    /// Brings the catalogue up to date and journals what changed since the last look.
-    async fn look(&self, conn: &mut Conn) -> Result<(), ConnError> {
+    /// Brings the catalogue up to date and journals what changed since the last look;
+    /// `true` when the server reported yet another change meanwhile.
+    async fn look(&self, conn: &mut Conn) -> Result<bool, ConnError> {
         let flags = conn
             .run(identity::command("UID FETCH 1:* (UID FLAGS)"))
             .await?;
+        let more = flags.iter().any(|r| match r {
+            Response::Data(Data::Expunge(_) | Data::Exists(_) | Data::Vanished { .. }) => true,
+            // A flag change another session made, reported without the UID we asked for.
+            Response::Data(Data::Fetch { items, .. }) => !items
+                .as_ref()
+                .iter()
+                .any(|i| matches!(i, imap_codec::imap_types::fetch::MessageDataItem::Uid(_))),
+            _ => false,
+        });
         let now: BTreeMap<u32, Vec<String>> = flags.into_iter().filter_map(uid_flags).collect();
         let next = self.followed.catalogue().uidnext;
         let from = self
@@ -152,7 +167,7 @@ impl Follower {
         // Journal only while the primary is active: after a failover, what the primary
         // says is not news for the replica.
         if !self.primary_active() {
-            return Ok(());
+            return Ok(false);
         }
         let user = &self.followed.key.0;
         if !flagged.is_empty() {
@@ -173,7 +188,7 @@ impl Follower {
                 },
             );
         }
-        Ok(())
+        Ok(more)
     }
 
     fn send(&self, user: &str, change: MailboxChange) {
