@@ -96,7 +96,9 @@ fn primary_imap_death_moves_the_active_backend_and_only_an_admin_moves_it_back()
         })
         .collect();
     assert!(
-        audits.iter().any(|a| a.starts_with("failover Primary -> Replica, epoch 2")),
+        audits
+            .iter()
+            .any(|a| a.starts_with("failover Primary -> Replica, epoch 2")),
         "{audits:?}"
     );
     primary.levee.restart();

@@ -108,7 +108,8 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
     assert_eq!(before.len(), 4, "{before:?}");
     let validity = before_select["uidvalidity"].as_u64().unwrap();
 
-    client.ok(json!({"op": "flag", "uid": uid_of(&before, "keep@example.org"), "flag": "\\Flagged"}));
+    client
+        .ok(json!({"op": "flag", "uid": uid_of(&before, "keep@example.org"), "flag": "\\Flagged"}));
     client.ok(json!({"op": "delete", "uid": uid_of(&before, "gone@example.org")}));
     let sent = b"From: alice@example.test\r\nTo: bob@example.org\r\nSubject: offer accepted\r\nMessage-ID: <sent-1@example.test>\r\n\r\nWe take the kidney.\r\n";
     client.ok(json!({"op": "create", "mailbox": "Sent"}));
@@ -121,7 +122,12 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
     let deadline = Instant::now() + Duration::from_secs(10);
     for change in ["create", "append", "flags", "expunge"] {
         let sample = format!("levee_imap_changes_journaled_total{{change=\"{change}\"}}");
-        while !primary.levee.metrics().lines().any(|l| l.starts_with(&sample)) {
+        while !primary
+            .levee
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with(&sample))
+        {
             assert!(
                 Instant::now() < deadline,
                 "no {change} change journaled\n{}",
@@ -144,9 +150,17 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
             && flags_of(&sent, "sent-1@example.test").contains(&"\\Seen".to_string())
     });
 
-    primary.stack.kill_dovecot().expect("kill the primary's Dovecot");
+    primary
+        .stack
+        .kill_dovecot()
+        .expect("kill the primary's Dovecot");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while primary.levee.metric("levee_imap_migrations_total").unwrap_or(0.0) < 1.0 {
+    while primary
+        .levee
+        .metric("levee_imap_migrations_total")
+        .unwrap_or(0.0)
+        < 1.0
+    {
         assert!(
             Instant::now() < deadline,
             "the session was not moved\n{}",
@@ -204,7 +218,11 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
         assert!(Instant::now() < deadline, "no new mail on the replica");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let known_max = before.iter().filter_map(|m| m["uid"].as_u64()).max().unwrap();
+    let known_max = before
+        .iter()
+        .filter_map(|m| m["uid"].as_u64())
+        .max()
+        .unwrap();
     assert!(newest > known_max, "new UID {newest} <= {known_max}");
 
     // Selecting again shows the primary's UIDVALIDITY; Sent has the saved message.
