@@ -108,6 +108,44 @@ pub fn write_section(path: &Path, name: &str, after: Option<&str>, section: &str
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The first three fields of /proc/loadavg: other work on the machine skews every figure.
+pub fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The commit measured, and whether the working tree differed from it.
+pub fn source() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let commit = shell("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);
+    let dirty = !shell("git", &["-C", dir, "status", "--porcelain"]).is_empty();
+    match (commit.is_empty(), dirty) {
+        (true, _) => "not a git checkout".into(),
+        (false, true) => format!("commit {commit} with uncommitted changes"),
+        (false, false) => format!("commit {commit}"),
+    }
+}
+
+/// CPUs, their model and the kernel, for a benchmark's header.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            Some(
+                l.strip_prefix("model name")?
+                    .trim_start_matches([' ', '\t', ':']),
+            )
+        })
+        .unwrap_or("?")
+        .to_string();
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{nproc} CPUs ({model}), Linux {}", shell("uname", &["-r"]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,11 +68,8 @@ fn wait_at_replica(replica: &ReplicaSite, what: &str, check: impl Fn(&mut ImapSt
 #[test]
 fn uids_flags_expunges_and_sent_items_survive_a_failover() {
     let replica = ReplicaSite::start("cont-replica", LeveeMode::Child);
-    let extra = format!(
-        "{}\n[upstream.replica]\nsmtp = \"{}\"\nimap = \"{}\"\n\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"5s\"\n",
-        replica.link.primary_section("async", "2s"),
-        replica.stack.smtp_addr(),
-        replica.stack.imap_addr()
+    let extra = replica.primary_extra(
+        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"5s\"\n",
     );
     let mut primary = Site::start_with("cont-primary", LeveeMode::Child, &extra);
 

@@ -11,11 +11,8 @@ use levee_tests::{LeveeMode, ReplicaSite, Site, sample_message, send_sample, tai
 #[test]
 fn idle_client_survives_the_primary_imap_server_dying() {
     let replica = ReplicaSite::start("imapfo-replica", LeveeMode::Child);
-    let extra = format!(
-        "{}\n[upstream.replica]\nsmtp = \"{}\"\nimap = \"{}\"\n\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"5s\"\n",
-        replica.link.primary_section("async", "2s"),
-        replica.stack.smtp_addr(),
-        replica.stack.imap_addr()
+    let extra = replica.primary_extra(
+        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"5s\"\n",
     );
     let mut primary = Site::start_with("imapfo-primary", LeveeMode::Child, &extra);
 

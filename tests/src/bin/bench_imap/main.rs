@@ -188,7 +188,7 @@ fn bench() -> Result<()> {
         "open files limit {have} is below the {need} needed for {} sessions: raise it (ulimit -n {need})",
         a.sessions
     );
-    let (started, load_before) = (Instant::now(), report::load_average());
+    let (started, load_before) = (Instant::now(), levee_tests::bench::load_average());
     let rt = runtime()?;
     eprintln!(
         "round trips: {} rounds of {} commands",

@@ -416,7 +416,7 @@ fn bench() -> Result<()> {
     let args = <Args as clap::Parser>::parse();
     let s = args.scale();
     levee_proxy::mailstack::check_installed()?;
-    let (started, load_before) = (Instant::now(), report::load_average());
+    let (started, load_before) = (Instant::now(), levee_tests::bench::load_average());
     let addr = local(free_port()?);
     let sink = Command::new("/usr/sbin/smtp-sink")
         .args(["-u", "nobody", &addr.to_string(), "1000"])

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::*;
+use levee_tests::bench::{load_average, machine, source};
 
 const BEGIN: &str = "<!-- bench-replication:begin";
 const END: &str = "<!-- bench-replication:end -->";
@@ -39,43 +40,6 @@ fn lag_row(o: &mut String, what: &str, v: &[f64], how: &str) {
         millis(pct(v, 99.0)),
         millis(pct(v, 100.0)),
     );
-}
-
-/// The first three fields of /proc/loadavg: other work on the machine skews every figure.
-pub(crate) fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The commit measured, and whether the working tree differed from it.
-fn source() -> String {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let commit = shell("git", &["-C", dir, "rev-parse", "--short", "HEAD"]);
-    let dirty = !shell("git", &["-C", dir, "status", "--porcelain"]).is_empty();
-    match (commit.is_empty(), dirty) {
-        (true, _) => "not a git checkout".into(),
-        (false, true) => format!("commit {commit} with uncommitted changes"),
-        (false, false) => format!("commit {commit}"),
-    }
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            Some(
-                l.strip_prefix("model name")?
-                    .trim_start_matches([' ', '\t', ':']),
-            )
-        })
-        .unwrap_or("?")
-        .to_string();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{nproc} CPUs ({model}), Linux {}", shell("uname", &["-r"]))
 }
 
 pub(crate) fn report(
