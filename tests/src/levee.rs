@@ -272,6 +272,10 @@ listen = "{metrics}"
             LeveeMode::Child => self.spawn_child(),
         };
         wait_until_listening(self.ports.relay, &self.log_path);
+        if matches!(self.daemon, Daemon::Run) {
+            // /status and /metrics may come up a moment after the mail listeners.
+            wait_until_listening(self.ports.metrics, &self.log_path);
+        }
     }
 
     fn spawn_in_process(&self) -> Running {
