@@ -254,7 +254,9 @@ impl ImapClient {
         }
     }
 
-    async fn send(&mut self, text: &str) -> io::Result<String> {
+    /// Sends `text` (one line, no literal) under a fresh tag, which it returns, without
+    /// waiting for anything: [`ImapClient::complete`] reads the outcome.
+    pub async fn send(&mut self, text: &str) -> io::Result<String> {
         self.next += 1;
         let tag = format!("a{}", self.next);
         self.write(format!("{tag} {text}\r\n").as_bytes()).await?;
@@ -267,7 +269,8 @@ impl ImapClient {
         stream.flush().await
     }
 
-    async fn complete(&mut self, tag: &str, what: &str) -> io::Result<Reply> {
+    /// Reads responses up to the completion of `tag` (`what` names it in errors).
+    pub async fn complete(&mut self, tag: &str, what: &str) -> io::Result<Reply> {
         let read = async {
             let mut untagged = Vec::new();
             loop {

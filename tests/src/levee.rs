@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeveeMode {
     InProcess,
-    /// The `levee` binary as a child, logging at trace level into `levee.log`.
+    /// The `levee` binary as a child, logging into `levee.log` at trace level (or at the
+    /// `RUST_LOG` filter in `LEVEE_LOG`, which benchmarks set to levee's default, `info`).
     Child,
 }
 
@@ -316,7 +317,7 @@ listen = "{metrics}"
         let child = Command::new(levee_binary())
             .args([command, "--config"])
             .arg(&self.config_path)
-            .env("RUST_LOG", "trace")
+            .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -456,6 +457,11 @@ impl Drop for Levee {
 
 /// The `levee-under-test` binary Cargo built beside the test executable (integration
 /// tests run from `target/<profile>/deps/`).
+/// The `RUST_LOG` filter of levee children: `LEVEE_LOG` if set, else `trace`.
+fn child_log_filter() -> String {
+    std::env::var("LEVEE_LOG").unwrap_or_else(|_| "trace".to_owned())
+}
+
 fn levee_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("LEVEE_BIN") {
         return PathBuf::from(path);

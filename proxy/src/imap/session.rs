@@ -165,7 +165,11 @@ impl Session {
         let mut from_client = Vec::with_capacity(IDLE_READ);
         let mut from_upstream = Vec::with_capacity(IDLE_READ);
         let shutdown = self.shared.shutdown.clone();
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        // One timer for the session, moved only when it fires early: resetting it on every
+        // client message would cost a timer-wheel update per command.
         let mut deadline = self.deadline();
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
         while !pump.closing {
             let up_writable = matches!(self.up_out.front(), Some(Out::Bytes(..)));
             let client_writable = pump.client_sent < pump.client_out.len();
@@ -173,7 +177,7 @@ impl Session {
             let read_upstream = pump.client_out.len() - pump.client_sent < OUTBOX_LIMIT;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                _ = &mut cancelled => {
                     pump.say(b"* BYE [UNAVAILABLE] levee is shutting down\r\n");
                     pump.closing = true;
                 }
@@ -195,6 +199,7 @@ impl Session {
                             self.scanner.push(&from_upstream);
                             resize_for_next(&mut from_upstream, n);
                             self.relay_responses(pump);
+                            pump.write_now(client_write);
                             if std::mem::take(&mut self.await_catalogue)
                                 && let Some(following) = &self.following
                             {
@@ -225,10 +230,14 @@ impl Session {
                             self.framer.push(&from_client);
                             resize_for_next(&mut from_client, n);
                             deadline = self.deadline();
+                            if deadline < timer.deadline() {
+                                timer.as_mut().reset(deadline);
+                            }
                             self.take_client_messages(pump);
                             if let Some(mailbox) = self.translate_next.take() {
                                 self.translation = Box::pin(self.translation_for(&mailbox)).await;
                             }
+                            self.write_upstream_now();
                         }
                         _ => {
                             tracing::debug!("client went away");
@@ -236,9 +245,13 @@ impl Session {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    pump.say(b"* BYE Autologout; idle for too long\r\n");
-                    pump.closing = true;
+                _ = timer.as_mut() => {
+                    if Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                    } else {
+                        pump.say(b"* BYE Autologout; idle for too long\r\n");
+                        pump.closing = true;
+                    }
                 }
             }
         }
@@ -252,6 +265,17 @@ impl Session {
             config.login_timeout
         };
         Instant::now() + limit
+    }
+
+    /// Writes what the upstream outbox holds as far as the socket takes it without waiting,
+    /// saving a turn of the session's loop per command; errors are left to that loop.
+    fn write_upstream_now(&mut self) {
+        while let Some(Out::Bytes(bytes, sent)) = self.up_out.front() {
+            match self.up_write.try_write(&bytes[*sent..]) {
+                Ok(n) if n > 0 => self.advance_up(n),
+                _ => return,
+            }
+        }
     }
 
     fn advance_up(&mut self, mut n: usize) {
@@ -359,6 +383,18 @@ impl Pump {
         self.client_out.extend_from_slice(bytes);
     }
 
+    /// Writes the client's pending bytes as far as the stream takes them without waiting;
+    /// errors and the rest are left to the session's loop.
+    fn write_now<W: AsyncWrite + Unpin>(&mut self, client: &mut W) {
+        while self.client_sent < self.client_out.len() {
+            let write = std::pin::pin!(client.write(&self.client_out[self.client_sent..]));
+            match poll_once(write) {
+                Some(Ok(n)) if n > 0 => self.sent(n),
+                _ => return,
+            }
+        }
+    }
+
     fn sent(&mut self, n: usize) {
         self.client_sent += n;
         if self.client_sent == self.client_out.len() {
@@ -406,4 +442,14 @@ pub(super) fn tag_of(bytes: &[u8]) -> Option<String> {
     let end = bytes.iter().position(|&b| b == b' ')?;
     let tag = std::str::from_utf8(&bytes[..end]).ok()?;
     (!tag.is_empty() && tag != "*" && tag != "+").then(|| tag.to_string())
+}
+
+/// Polls `future` once; `Some` if it finished right away. A pending future is dropped, and
+/// the caller's event loop polls the same resource again with its own waker.
+fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
 }

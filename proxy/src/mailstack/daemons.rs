@@ -97,6 +97,24 @@ impl MailStack {
         Ok(())
     }
 
+    /// Freezes Dovecot and all its processes (SIGSTOP): connections stay open and the
+    /// kernel still accepts new ones, but nothing answers: a hung server. [`kill_dovecot`]
+    /// ends it.
+    ///
+    /// [`kill_dovecot`]: MailStack::kill_dovecot
+    pub fn freeze_dovecot(&mut self) -> Result<(), MailStackError> {
+        let daemon = self.dovecot.as_ref().ok_or(MailStackError::StopFailed {
+            daemon: "dovecot",
+            detail: "not running".into(),
+        })?;
+        daemon
+            .signal_all("STOP")
+            .map_err(|detail| MailStackError::StopFailed {
+                daemon: "dovecot",
+                detail,
+            })
+    }
+
     /// SIGKILLs Dovecot and all its processes (a simulated crash) and waits until IMAP and LMTP
     /// refuse connections. No-op if not running.
     pub fn kill_dovecot(&mut self) -> Result<(), MailStackError> {

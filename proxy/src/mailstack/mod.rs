@@ -37,7 +37,8 @@ pub struct StackSpec {
     /// `(localpart, password)` of every mailbox; nobody else exists (RCPT answers 550).
     pub users: Vec<(String, String)>,
     /// Tune for load: Dovecot login processes in high-performance mode (`service_count = 0`),
-    /// process and client limits raised on both daemons.
+    /// imap processes serving up to 50 sessions each, process and client limits raised on both
+    /// daemons.
     pub benchmark_mode: bool,
 }
 

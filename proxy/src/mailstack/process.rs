@@ -48,12 +48,17 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 /// SIGKILL to every process in group `pgid`. Errors (group already gone) are ignored: the
 /// caller checks the outcome by looking at the group again.
 pub(crate) fn kill_group(pgid: u32) {
-    let _ = Command::new("/bin/kill")
-        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+    let _ = signal_group(pgid, "KILL");
+}
+
+/// Sends `signal` (a name such as `STOP`) to every process in group `pgid`.
+pub(crate) fn signal_group(pgid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("/bin/kill")
+        .args(["-s", signal, "--", &format!("-{pgid}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status()
 }
 
 /// Processes whose process group is `pgid`; zombies only if `with_zombies`.
@@ -330,6 +335,15 @@ impl Daemon {
                 .ok()?;
             (ppid == parent).then_some(pid)
         })
+    }
+
+    /// Sends `signal` to the daemon's whole process group (every process it started).
+    pub fn signal_all(&self, signal: &str) -> Result<(), String> {
+        match signal_group(self.child.id(), signal) {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!("kill -s {signal}: {status}")),
+            Err(err) => Err(format!("kill -s {signal}: {err}")),
+        }
     }
 
     /// Records the master's host pid (what [`Daemon::kill`] aims at).

@@ -1,7 +1,7 @@
 //! Round trips of small commands on one logged-in INBOX: straight to Dovecot, through
-//! levee without TLS, and through levee with implicit TLS, in the same run. Each round
-//! times every path in turn (the order reversed every other round), so that drift of the
-//! machine spreads evenly over the three. The client runs on a single-threaded runtime.
+//! levee without TLS, and through levee with implicit TLS, in the same run. The paths take
+//! turns command by command, so that drift of the machine spreads evenly over the three.
+//! The client runs on a single-threaded runtime.
 
 use std::time::Instant;
 
@@ -57,19 +57,29 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// Times `n` runs of `command` on `client`.
-async fn time(client: &mut ImapClient, command: &str, n: usize) -> Result<Percentiles> {
-    let mut us = Vec::with_capacity(n);
-    for _ in 0..n {
-        let sent = Instant::now();
-        client.ok(command).await?;
-        us.push(sent.elapsed().as_secs_f64() * 1e6);
+/// Times `n` runs of `command` on every client, interleaved: one command on each path in
+/// turn (starting with a different path each time), so that whatever else the machine does
+/// falls on all paths alike rather than on whichever ran during a burst.
+async fn time(clients: &mut [ImapClient], command: &str, n: usize) -> Result<Vec<Percentiles>> {
+    let mut us = vec![Vec::with_capacity(n); clients.len()];
+    for i in 0..n {
+        for k in 0..clients.len() {
+            let p = (i + k) % clients.len();
+            let sent = Instant::now();
+            clients[p].ok(command).await?;
+            us[p].push(sent.elapsed().as_secs_f64() * 1e6);
+        }
     }
-    us.sort_by(f64::total_cmp);
-    Ok(Percentiles {
-        p50: percentile(&us, 50.0),
-        p99: percentile(&us, 99.0),
-    })
+    Ok(us
+        .into_iter()
+        .map(|mut us| {
+            us.sort_by(f64::total_cmp);
+            Percentiles {
+                p50: percentile(&us, 50.0),
+                p99: percentile(&us, 99.0),
+            }
+        })
+        .collect())
 }
 
 pub(crate) fn run(a: &Args) -> Result<Latency> {
@@ -102,22 +112,17 @@ pub(crate) fn run(a: &Args) -> Result<Latency> {
                 .with_context(|| format!("IMAP to {addr}"))?;
             client.login("alice", &password).await?;
             client.select("INBOX").await?;
-            for command in COMMANDS {
-                time(&mut client, command, WARM_UP).await?;
-            }
             clients.push(client);
+        }
+        for command in COMMANDS {
+            time(&mut clients, command, WARM_UP).await?;
         }
         let mut out = Latency::default();
         for round in 0..a.rounds {
             let mut figures = [[Percentiles::default(); PATHS.len()]; COMMANDS.len()];
-            let mut order: Vec<usize> = (0..PATHS.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
             for (c, command) in COMMANDS.iter().enumerate() {
-                for &p in &order {
-                    figures[c][p] = time(&mut clients[p], command, a.commands).await?;
-                }
+                let timed = time(&mut clients, command, a.commands).await?;
+                figures[c].copy_from_slice(&timed);
             }
             eprintln!(
                 "round {}: NOOP p99 direct {:.0} us, levee {:.0} us, levee TLS {:.0} us",

@@ -216,6 +216,8 @@ fn again_as_levee_bin() -> ExitCode {
         Ok(Command::new(&exe)
             .args(std::env::args_os().skip(1))
             .env("LEVEE_BIN", &exe)
+            // levee's default level, as in production (the harness logs at trace).
+            .env("LEVEE_LOG", "info")
             .env(AS_LEVEE, "1")
             .status()?)
     };

@@ -105,8 +105,8 @@ pub(crate) fn report(
          - Command: `cargo run --release -p levee-tests --bin bench-imap -- {cmd}` \
          (took {:.1} min); source: {}\n\
          - Sites: the test harness's (`Site`, `ReplicaSite`): Postfix and Dovecot {dovecot} \
-         in benchmark mode on loopback, `levee run` as a child process logging at trace level \
-         to a file, as the end-to-end tests run it; the replica site runs `levee replica` \
+         in benchmark mode on loopback, `levee run` as a child process logging at its default level \
+         (info) to a file; the replica site runs `levee replica` \
          (async replication). Failover settings at their defaults (probe every 250 ms, 1 s \
          timeout, 3 failures, 60 s hold-down). Clients: this bench's own Rust IMAP client \
          (`levee_tests::imap_load`, tokio; single-threaded for the round trips), one command at a time per connection.\n\n",
@@ -122,8 +122,9 @@ pub(crate) fn report(
          One connection per path, logged in as alice with INBOX (10 messages) selected: \
          straight to Dovecot, through levee's STARTTLS listener without TLS (plaintext LOGIN \
          allowed on loopback), and through its implicit-TLS listener. {} timed commands per \
-         path, command and round after 200 untimed; {} rounds, the order of the paths \
-         reversed every other round. Medians over rounds of each round's p50 and p99; \
+         path, command and round after 200 untimed; {} rounds. The paths take turns \
+         command by command (one command on each, starting with a different path every \
+         time), so that bursts of other work on the machine fall on all three alike. Medians over rounds of each round's p50 and p99; \
          rounds in the last column (direct / levee / levee with TLS).\n\n\
          | figure | direct | levee | levee/direct | goal | levee, implicit TLS (/direct) | rounds |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
@@ -167,7 +168,12 @@ pub(crate) fn report(
          levee's `[imap]` timeouts at their defaults (a session's rebuild at the replica \
          must finish within `connect_timeout`, 10 s). First, as a yardstick of what a \
          migration asks of the replica, as many sessions opened straight at its Dovecot all \
-         at once, then closed. levee's RSS (`VmRSS` of the child, read 2 s after the last \
+         at once, then closed. Both sites' Dovecots let one imap process serve up to 50 \
+         sessions (`service imap {{ service_count = 0, client_limit = 50 }}`; every user has \
+         the same uid here): with Dovecot's default of a process per session, the yardstick \
+         took 3.5 to 4.8 s on this machine and the migration 4.4 to 5.3 s (earlier runs of \
+         this bench), both bound by Dovecot starting a process per login, which forking them \
+         ahead of time (`process_min_avail`) did not change. levee's RSS (`VmRSS` of the child, read 2 s after the last \
          session opened) before and after opening the sessions with implicit TLS, which are \
          then closed; levee is restarted (so that memory they freed does not flatter the next \
          figure) and the same is measured without TLS. Then the primary's Dovecot is killed: \

@@ -1,0 +1,135 @@
+//! A command in flight when the primary's Dovecot hangs and then dies: levee asks the
+//! replica again for a read-only one (the client gets its answer, on its connection, under
+//! the UIDs it knows), and answers a changing one with a tagged NO rather than risk
+//! applying it twice. Neither client sees BYE, and both go on working.
+
+use std::time::Duration;
+
+use levee_tests::imap_load::{ImapClient, Reply, Security, show};
+use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
+
+const MESSAGE_ID: &str = "inflight-1@example.org";
+const HEADER: &str = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]";
+
+fn text(reply: &Reply) -> String {
+    reply
+        .untagged
+        .iter()
+        .map(|r| show(r))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// The UID of the only message in the reply to `UID FETCH 1:* (UID ...)`.
+fn only_uid(reply: &Reply) -> u32 {
+    let all = text(reply);
+    let at = all.find("UID ").expect("a UID in the FETCH response") + 4;
+    all[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|d| d.parse().ok())
+        .expect("a number after UID")
+}
+
+#[test]
+fn commands_in_flight_when_the_primary_dies() {
+    let replica = ReplicaSite::start("inflight-replica", LeveeMode::Child);
+    let extra = replica.primary_extra(
+        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"300ms\"\nfailures = 3\nhold_down = \"5s\"\n",
+    );
+    let mut primary = Site::start_with("inflight-primary", LeveeMode::Child, &extra);
+    let verdict = send_sample(
+        primary.dir.path(),
+        primary.levee.ports.relay,
+        MESSAGE_ID,
+        "alice@example.test",
+    );
+    assert_eq!(verdict["code"], 250, "{verdict}");
+    primary.wait_for_messages("alice", &[MESSAGE_ID.into()], 20);
+    replica.wait_for_messages("alice", &[MESSAGE_ID.into()], 20);
+
+    let password = primary.password("alice");
+    let tls = Security::tls(&primary.cert_path()).expect("the site's CA");
+    let addr = primary.levee.ports.imaps;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut reader, mut writer, uid) = rt.block_on(async {
+        let open = async || {
+            let mut client = ImapClient::connect(addr, &tls).await.expect("connect");
+            client.login("alice", &password).await.expect("LOGIN");
+            client.select("INBOX").await.expect("SELECT");
+            client
+        };
+        let mut reader = open().await;
+        let writer = open().await;
+        let listed = reader
+            .ok(&format!("UID FETCH 1:* (UID {HEADER})"))
+            .await
+            .expect("UID FETCH before the failure");
+        assert!(text(&listed).contains(MESSAGE_ID), "{}", text(&listed));
+        let uid = only_uid(&listed);
+        (reader, writer, uid)
+    });
+
+    // A hung server: both commands reach it and get no answer.
+    primary.stack.freeze_dovecot().expect("SIGSTOP Dovecot");
+    let (fetch, store) = rt.block_on(async {
+        let fetch = reader
+            .send(&format!("UID FETCH {uid} (UID {HEADER})"))
+            .await
+            .expect("send UID FETCH");
+        let store = writer
+            .send(&format!("UID STORE {uid} +FLAGS (\\Flagged)"))
+            .await
+            .expect("send UID STORE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (fetch, store)
+    });
+    primary.stack.kill_dovecot().expect("kill Dovecot");
+
+    let log = || tail(&primary.levee.log(), 40);
+    rt.block_on(async {
+        let fetched = reader.complete(&fetch, "UID FETCH").await.expect("reply");
+        assert!(fetched.is_ok(), "UID FETCH: {}\n{}", fetched.status, log());
+        let seen = text(&fetched);
+        assert!(
+            seen.contains(MESSAGE_ID) && seen.contains(&format!("UID {uid} ")),
+            "the re-issued UID FETCH answered something else: {seen}"
+        );
+        assert!(!seen.contains("BYE"), "{seen}");
+
+        let stored = writer.complete(&store, "UID STORE").await.expect("reply");
+        assert!(
+            stored.status.starts_with("NO [UNAVAILABLE]"),
+            "a STORE whose fate is unknown must be refused, not repeated: {}",
+            stored.status
+        );
+        assert!(!text(&stored).contains("BYE"), "{}", text(&stored));
+
+        // Both sessions live on at the replica, under the same UIDs.
+        for client in [&mut reader, &mut writer] {
+            let again = client
+                .ok(&format!("UID FETCH {uid} (UID FLAGS {HEADER})"))
+                .await
+                .unwrap_or_else(|e| panic!("after the failover: {e}\n{}", log()));
+            let seen = text(&again);
+            assert!(seen.contains(MESSAGE_ID), "{seen}");
+            assert!(
+                !seen.contains("\\Flagged"),
+                "the refused STORE was applied after all: {seen}"
+            );
+        }
+    });
+    let moved = primary
+        .levee
+        .metric("levee_imap_migrations_total")
+        .unwrap_or(0.0);
+    assert!(moved >= 2.0, "sessions moved: {moved}\n{}", log());
+    let status = primary.levee.status();
+    assert_eq!(
+        status["failover"]["active"]["backend"], "replica",
+        "{status}"
+    );
+}
