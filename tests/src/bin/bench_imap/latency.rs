@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use levee_tests::imap_load::{ImapClient, Security};
 use levee_tests::{LeveeMode, Site, spec_with_users};
 
-use super::{Args, allow_plaintext, deliver};
+use super::{Args, allow_plaintext, deliver, process_ticks};
 
 /// The commands timed, as sent.
 pub(crate) const COMMANDS: [&str; 2] = ["NOOP", "UID FETCH 1 (FLAGS)"];
@@ -31,6 +31,8 @@ pub(crate) struct Percentiles {
 #[derive(Debug, Default)]
 pub(crate) struct Latency {
     pub rounds: Vec<[[Percentiles; PATHS.len()]; COMMANDS.len()]>,
+    /// levee's CPU time (utime + stime) per command it relayed, per round, in microseconds.
+    pub cpu_us: Vec<f64>,
 }
 
 impl Latency {
@@ -118,12 +120,21 @@ pub(crate) fn run(a: &Args) -> Result<Latency> {
             time(&mut clients, command, WARM_UP).await?;
         }
         let mut out = Latency::default();
+        let pid = site.levee.pid().context("levee runs as a child")?;
+        let tck: f64 = levee_tests::bench::shell("getconf", &["CLK_TCK"])
+            .parse()
+            .unwrap_or(100.0);
         for round in 0..a.rounds {
             let mut figures = [[Percentiles::default(); PATHS.len()]; COMMANDS.len()];
+            let ticks = process_ticks(pid);
             for (c, command) in COMMANDS.iter().enumerate() {
                 let timed = time(&mut clients, command, a.commands).await?;
                 figures[c].copy_from_slice(&timed);
             }
+            // Two of the three paths go through levee.
+            let relayed = (2 * COMMANDS.len() * a.commands) as f64;
+            out.cpu_us
+                .push((process_ticks(pid) - ticks) as f64 * 1e6 / tck / relayed);
             eprintln!(
                 "round {}: NOOP p99 direct {:.0} us, levee {:.0} us, levee TLS {:.0} us",
                 round + 1,

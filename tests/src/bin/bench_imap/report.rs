@@ -132,6 +132,12 @@ pub(crate) fn report(
         a.rounds,
     );
     rtt_rows(&mut o, lat);
+    let _ = writeln!(
+        o,
+        "| levee CPU (utime + stime) per command relayed |  | {:.0} us |  |  |  | {} |",
+        median(&lat.cpu_us),
+        each(&lat.cpu_us, |v| format!("{v:.0}"))
+    );
     let _ = write!(
         o,
         "\nFor comparison, measured earlier on this machine (medians of 3 runs): NOOP p99 \
