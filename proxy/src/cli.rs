@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Admin API access: `levee admin token --name NAME --role operator` makes a token.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Show levee working on this machine: real Postfix and Dovecot on loopback, levee in
     /// front, a message through it, then the mail server's outage survived.
     Demo {
@@ -54,6 +59,52 @@ enum Command {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         install: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Make a bearer token: prints the token (shown once, kept nowhere) and the line that
+    /// admits it, for the tokens file.
+    Token {
+        /// Who holds it (one word), shown in the audit log.
+        #[arg(long)]
+        name: String,
+        /// viewer (status, audit, metrics) or operator (also switchover and failback).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Print `{"token": ..., "line": ...}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn admin(command: AdminCommand) -> ExitCode {
+    let AdminCommand::Token { name, role, json } = command;
+    let Some(role) = crate::admin::Role::parse(&role) else {
+        eprintln!("levee admin token: unknown role {role:?} (expected viewer or operator)");
+        return ExitCode::from(2);
+    };
+    match crate::admin::tokens::generate(&name, role) {
+        Ok(new) if json => {
+            println!(
+                "{}",
+                serde_json::json!({"token": new.token, "line": new.line})
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(new) => {
+            println!(
+                "token (give it to {name}; levee keeps only its hash):\n  {}",
+                new.token
+            );
+            println!("line for the tokens file:\n  {}", new.line);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("levee admin token: {err}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -88,6 +139,7 @@ pub fn main() -> ExitCode {
             init_tracing(&config.log.level, config.log.json);
             block_on_daemon(|shutdown| async move { crate::run(config, shutdown, None).await })
         }
+        Command::Admin { command } => admin(command),
         Command::Demo { install } => {
             init_tracing("warn", false);
             match crate::demo::run(install) {

@@ -14,6 +14,7 @@
 //! - [`mailstack`]: real Postfix + Dovecot instances on loopback for `levee demo` and tests.
 //! - [`cli`]: the command-line interface.
 
+pub mod admin;
 pub mod cli;
 pub mod delivery;
 pub mod demo;

@@ -56,3 +56,42 @@ fn check_config_accepts_good_and_names_line_of_bad() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("smtp.max_line_length"));
 }
+
+/// `levee admin token`: the token it prints is admitted by the line it prints, with the
+/// role asked for; the line holds no part of the secret; bad input is refused.
+#[test]
+fn admin_token_makes_a_token_its_line_admits() {
+    let out = levee()
+        .args([
+            "admin",
+            "token",
+            "--name",
+            "ops-phone",
+            "--role",
+            "operator",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (token, line) = (
+        made["token"].as_str().unwrap(),
+        made["line"].as_str().unwrap(),
+    );
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(!line.contains(secret), "{line}");
+    let tokens = levee_proxy::admin::Tokens::parse(line).unwrap();
+    let caller = tokens.check(token).expect("the printed token is admitted");
+    assert_eq!(caller.name, "ops-phone");
+    assert_eq!(caller.role, levee_proxy::admin::Role::Operator);
+
+    for args in [
+        &["admin", "token", "--name", "x", "--role", "root"][..],
+        &["admin", "token", "--name", "two words"][..],
+    ] {
+        let out = levee().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a token");
+    }
+}
