@@ -10,6 +10,7 @@
 //! Loading never half-succeeds: [`ConfigFile::from_toml`] returns the config or every problem
 //! found.
 
+pub mod admin;
 pub mod failover;
 pub mod imap;
 pub mod locate;
@@ -20,6 +21,7 @@ pub mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use admin::*;
 pub use failover::*;
 pub use imap::*;
 pub use replication::*;

@@ -32,6 +32,9 @@ pub struct Config {
     pub replication: Option<crate::Replication>,
     #[serde(default)]
     pub metrics: Metrics,
+    /// The admin API; none when absent.
+    #[serde(default)]
+    pub admin: Option<crate::Admin>,
     #[serde(default)]
     pub log: Log,
 }

@@ -181,6 +181,27 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    if let Some(admin) = &config.admin {
+        if admin.tls == crate::AdminTls::None && !admin.listen.ip().is_loopback() {
+            push(
+                "admin.tls".into(),
+                "\"none\" is accepted only on a loopback address: tokens must not cross a network in clear".into(),
+            );
+        }
+        if admin.tls == crate::AdminTls::Implicit && config.tls.is_none() {
+            push(
+                "admin.tls".into(),
+                "needs a [tls] section (certificate and key)".into(),
+            );
+        }
+        file_exists(&mut push, "admin.tokens", Some(&admin.tokens));
+        if admin.max_failures == 0 || admin.failure_window.is_zero() {
+            push(
+                "admin.max_failures".into(),
+                "max_failures and failure_window must be above zero".into(),
+            );
+        }
+    }
     check_log(&mut push, &config.log.level);
     problems
 }

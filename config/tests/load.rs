@@ -162,3 +162,42 @@ tls = "none"
     assert_eq!(config.imap.listen.len(), 1);
     assert!(config.upstream.replica.unwrap().imap.is_some());
 }
+
+#[test]
+fn admin_section_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# none yet\n").unwrap();
+    let admin = |listen: &str, tls: &str, file: &std::path::Path| {
+        format!(
+            "{MINIMAL}\n[admin]\nlisten = \"{listen}\"\ntokens = \"{}\"\ntls = \"{tls}\"\n",
+            file.display()
+        )
+    };
+    // Plain HTTP on loopback is fine; the defaults fill in the limits.
+    let config = Config::from_toml(&admin("127.0.0.1:8443", "none", &tokens)).unwrap();
+    let section = config.admin.expect("[admin] read");
+    assert_eq!(section.max_failures, 5);
+    assert_eq!(section.failure_window, Duration::from_secs(60));
+    // Tokens in clear over a network, HTTPS without a certificate, a missing tokens file.
+    let errs = problems(&admin("0.0.0.0:8443", "none", &tokens));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("admin.tls") && e.contains("loopback")),
+        "{errs:?}"
+    );
+    let errs = problems(&admin("127.0.0.1:8443", "implicit", &tokens));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("admin.tls") && e.contains("[tls]")),
+        "{errs:?}"
+    );
+    let errs = problems(&admin(
+        "127.0.0.1:8443",
+        "none",
+        &dir.path().join("missing"),
+    ));
+    assert!(errs.iter().any(|e| e.contains("admin.tokens")), "{errs:?}");
+    let errs = problems(&admin("127.0.0.1:8443", "plain", &tokens));
+    assert!(errs.iter().any(|e| e.contains("plain")), "{errs:?}");
+}

@@ -60,6 +60,8 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error("replication: {0}")]
     Replication(String),
+    #[error("admin tokens file: {0}")]
+    AdminTokens(#[from] admin::TokensError),
 }
 
 /// Addresses actually bound (listeners configured with port 0 get a real port here).
@@ -68,6 +70,7 @@ pub struct Bound {
     pub smtp: Vec<SocketAddr>,
     pub imap: Vec<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Runs levee until `shutdown` is cancelled. `ready` receives the bound addresses once
@@ -120,6 +123,7 @@ pub async fn run(
         smtp: Vec::new(),
         imap: Vec::new(),
         metrics: None,
+        admin: None,
     };
     let slots = Arc::new(Semaphore::new(config.smtp.max_connections));
     for spec in &config.smtp.listen {
@@ -182,6 +186,28 @@ pub async fn run(
         tasks.spawn(async move {
             if let Err(err) = metrics::serve(listener, stop, status).await {
                 tracing::error!(%err, "metrics endpoint failed");
+            }
+        });
+    }
+    if let Some(admin) = &config.admin {
+        let tokens = admin::Tokens::load(&admin.tokens)?;
+        if tokens.is_empty() {
+            tracing::warn!(file = %admin.tokens.display(), "the admin tokens file admits nobody");
+        }
+        let (listener, addr) = bind(admin.listen).await?;
+        bound.admin = Some(addr);
+        tracing::info!(listener = %addr, tls = ?admin.tls, "listening for the admin API");
+        let status = primary_status(
+            &config,
+            &journal,
+            shared.replicator.clone(),
+            failover.clone(),
+        );
+        let (admin, tls, stop) = (admin.clone(), shared.tls.clone(), shutdown.clone());
+        let parts = (failover.clone(), status, journal.clone());
+        tasks.spawn(async move {
+            if let Err(err) = admin::serve(listener, &admin, tokens, tls, parts, stop).await {
+                tracing::error!(%err, "admin API failed");
             }
         });
     }

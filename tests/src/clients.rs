@@ -151,3 +151,29 @@ pub fn decode_b64(text: &str) -> Vec<u8> {
         .decode(text)
         .expect("base64")
 }
+
+/// One request to levee's admin API (`tests/clients/admin_call.py`, Python's http.client):
+/// HTTPS verified against `ca` when given; returns `{"status", "retry_after", "body"}`.
+pub fn admin_call(
+    port: u16,
+    ca: Option<&Path>,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Value {
+    let mut command = Command::new("python3");
+    command.arg(script("admin_call.py"));
+    command.args(["--port", &port.to_string()]);
+    if let Some(ca) = ca {
+        command.arg("--cafile").arg(ca);
+    }
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command.args([method, path]);
+    if let Some(body) = body {
+        command.arg(body);
+    }
+    run_json(command)
+}

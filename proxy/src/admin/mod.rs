@@ -1,9 +1,53 @@
-//! The admin surface's access control: bearer tokens kept as Argon2id hashes in a tokens
-//! file ([`tokens`]), with roles, and a per-address limit on failed logins ([`limiter`]).
-//! `levee admin token` makes tokens.
+//! The admin surface: an HTTPS JSON API ([`api`]) for status, switchover and failback,
+//! behind bearer tokens kept as Argon2id hashes in a tokens file ([`tokens`]) with roles, and
+//! a per-address limit on failed logins ([`limiter`]). `levee admin token` makes tokens.
 
+pub mod api;
 pub mod limiter;
+pub mod listener;
 pub mod tokens;
+
+use std::sync::{Arc, Mutex};
+
+use levee_config::{Admin, AdminTls};
+use levee_journal::Journal;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 pub use limiter::FailedLogins;
 pub use tokens::{Caller, Role, Tokens, TokensError};
+
+use crate::failover::driver::Failover;
+use crate::metrics::StatusFn;
+
+/// Serves the admin API on `tcp` until `shutdown`.
+pub async fn serve(
+    tcp: TcpListener,
+    config: &Admin,
+    tokens: Tokens,
+    tls: Option<TlsAcceptor>,
+    parts: (Option<Failover>, StatusFn, Journal),
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let (failover, status, journal) = parts;
+    let state = Arc::new(api::AdminState {
+        tokens,
+        limiter: Mutex::new(FailedLogins::new(
+            config.max_failures,
+            config.failure_window,
+        )),
+        failover,
+        status,
+        journal,
+    });
+    let tls = match config.tls {
+        AdminTls::Implicit => tls,
+        AdminTls::None => None,
+    };
+    let listener = listener::AdminListener::start(tcp, tls, shutdown.clone())?;
+    let app = api::router(state).into_make_service_with_connect_info::<listener::Peer>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

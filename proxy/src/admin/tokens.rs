@@ -53,12 +53,21 @@ pub struct Caller {
     pub role: Role,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Entry {
     id: String,
     caller: Caller,
     /// PHC string, checked to parse when the file was read.
     hash: String,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("id", &self.id)
+            .field("caller", &self.caller)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A tokens file that cannot be used; names the line at fault.

@@ -1,0 +1,300 @@
+//! The admin API: `GET /v1/status` (viewer), `POST /v1/switchover {to, reason}` and
+//! `POST /v1/failback {reason}` (operator). Every request carries
+//! `Authorization: Bearer <token>`; every refused one (no token, a wrong one, too weak a
+//! role) is answered 401/403, changes nothing, and is an audit record in the journal, as
+//! is every switch. Errors are JSON: `{"error": "..."}`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use levee_journal::{AuditRecord, Journal, NewRecord, RecordKind};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::listener::Peer;
+use super::{Caller, FailedLogins, Role, Tokens};
+use crate::failover::controller::Backend;
+use crate::failover::driver::Failover;
+use crate::metrics::StatusFn;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Longest `reason` accepted.
+const MAX_REASON: usize = 500;
+
+/// What the handlers share.
+pub struct AdminState {
+    pub tokens: Tokens,
+    pub limiter: Mutex<FailedLogins>,
+    pub failover: Option<Failover>,
+    pub status: StatusFn,
+    pub journal: Journal,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("tokens", &self.tokens)
+            .field("failover", &self.failover)
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/switchover", post(switchover))
+        .route("/v1/failback", post(failback))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An answer other than 200.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"levee\""),
+            );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+async fn audit(journal: &Journal, actor: String, action: &str, detail: String) {
+    let record = NewRecord {
+        time_ms: crate::smtp::now_ms(),
+        kind: RecordKind::Audit(AuditRecord {
+            actor,
+            action: action.into(),
+            detail,
+        }),
+    };
+    if let Err(err) = journal.append(record).await {
+        tracing::error!(%err, action, "cannot journal an admin audit record");
+    }
+}
+
+/// The caller, if their token is good and their role is at least `need`.
+async fn authorize(
+    state: &AdminState,
+    peer: Peer,
+    headers: &HeaderMap,
+    need: Role,
+    what: &str,
+) -> Result<Caller, ApiError> {
+    let ip = peer.0.ip();
+    let allowed = state
+        .limiter
+        .lock()
+        .expect("limiter")
+        .allow(ip, Instant::now());
+    if let Err(wait) = allowed {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins from this address; try again later",
+        );
+        err.retry_after = Some(wait.as_secs().max(1));
+        return Err(err);
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let caller = match token {
+        Some(token) => {
+            let tokens = state.tokens.clone();
+            tokio::task::spawn_blocking(move || tokens.check(&token))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
+    let Some(caller) = caller else {
+        state
+            .limiter
+            .lock()
+            .expect("limiter")
+            .failed(ip, Instant::now());
+        tracing::warn!(%ip, what, "admin API: refused, no valid token");
+        audit(
+            &state.journal,
+            format!("unknown@{ip}"),
+            "admin-refused",
+            format!("{what}: no valid token"),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        ));
+    };
+    state.limiter.lock().expect("limiter").succeeded(ip);
+    if caller.role < need {
+        tracing::warn!(%ip, caller = %caller.name, what, "admin API: refused, role too weak");
+        audit(
+            &state.journal,
+            caller.name.clone(),
+            "admin-refused",
+            format!("{what}: needs the {need} role, token has {}", caller.role),
+        )
+        .await;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{what} needs an {need} token"),
+        ));
+    }
+    Ok(caller)
+}
+
+async fn status(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, peer, &headers, Role::Viewer, "status").await?;
+    Ok(Json((state.status)()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    to: String,
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailbackRequest {
+    reason: String,
+}
+
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    parsed.map(|Json(t)| t).map_err(|rejection| {
+        let status = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, rejection.body_text())
+    })
+}
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.trim().is_empty() || reason.len() > MAX_REASON {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reason must be 1 to {MAX_REASON} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+async fn switchover(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    parsed: Result<Json<SwitchoverRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authorize(&state, peer, &headers, Role::Operator, "switchover").await?;
+    let request = body(parsed)?;
+    check_reason(&request.reason)?;
+    let to = match request.to.as_str() {
+        "replica" => Backend::Replica,
+        "primary" => Backend::Primary,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("to must be \"replica\" or \"primary\", not {other:?}"),
+            ));
+        }
+    };
+    switch(&state, &caller, to, "switchover", &request.reason).await
+}
+
+async fn failback(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    parsed: Result<Json<FailbackRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authorize(&state, peer, &headers, Role::Operator, "failback").await?;
+    let request = body(parsed)?;
+    check_reason(&request.reason)?;
+    switch(
+        &state,
+        &caller,
+        Backend::Primary,
+        "failback",
+        &request.reason,
+    )
+    .await
+}
+
+async fn switch(
+    state: &AdminState,
+    caller: &Caller,
+    to: Backend,
+    action: &str,
+    reason: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(failover) = &state.failover else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no replica site is configured: there is nothing to switch to",
+        ));
+    };
+    let why = format!("{action} by {}: {reason}", caller.name);
+    match failover.switch(to, why, false).await {
+        Ok(active) => {
+            tracing::warn!(caller = %caller.name, ?to, epoch = active.epoch, "admin {action}");
+            Ok(Json(json!({ "active": active })))
+        }
+        Err(refusal) => {
+            audit(
+                &state.journal,
+                caller.name.clone(),
+                &format!("{action}-refused"),
+                format!("to {to:?}: {refusal}"),
+            )
+            .await;
+            Err(ApiError::new(StatusCode::CONFLICT, refusal.to_string()))
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The admin API over HTTPS against a real site pair: tokens and roles are enforced (and
+//! every refusal is an audit record that changes nothing), bad requests get clear 4xx
+//! answers, and an operator's switchover and failback move the active site exactly once.
+
+use std::path::Path;
+
+use levee_proxy::admin::{Role, tokens};
+use levee_proxy::mailstack::free_port;
+use levee_tests::clients::admin_call;
+use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
+use serde_json::Value;
+
+struct Admin<'a> {
+    port: u16,
+    ca: &'a Path,
+}
+
+impl Admin<'_> {
+    fn call(&self, token: Option<&str>, method: &str, path: &str, body: Option<&str>) -> Value {
+        admin_call(self.port, Some(self.ca), token, method, path, body)
+    }
+
+    fn status_code(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> u64 {
+        let answer = self.call(token, method, path, body);
+        assert!(
+            answer["body"]["error"].is_string() || answer["status"] == 200,
+            "{answer}"
+        );
+        answer["status"].as_u64().unwrap()
+    }
+}
+
+fn active(status: &Value) -> (String, u64) {
+    let a = &status["failover"]["active"];
+    (
+        a["backend"].as_str().unwrap_or("").to_owned(),
+        a["epoch"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn admin_api_enforces_tokens_and_switches_once() {
+    let secrets = tempfile::tempdir().unwrap();
+    let operator = tokens::generate("ops-phone", Role::Operator).unwrap();
+    let viewer = tokens::generate("dashboard", Role::Viewer).unwrap();
+    let tokens_file = secrets.path().join("admin-tokens");
+    std::fs::write(
+        &tokens_file,
+        format!("{}\n{}\n", operator.line, viewer.line),
+    )
+    .unwrap();
+    let port = free_port().unwrap();
+
+    let replica = ReplicaSite::start("admin-replica", LeveeMode::Child);
+    let extra = replica.primary_extra(&format!(
+        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
+         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\n",
+        tokens_file.display()
+    ));
+    let mut primary = Site::start_with("admin-primary", LeveeMode::Child, &extra);
+    let ca = primary.cert_path();
+    let api = Admin { port, ca: &ca };
+    let (op, view) = (Some(operator.token.as_str()), Some(viewer.token.as_str()));
+
+    // Reading needs a valid token; a viewer's is enough.
+    assert_eq!(api.status_code(None, "GET", "/v1/status", None), 401);
+    let forged = format!("{}0", &viewer.token[..viewer.token.len() - 1]);
+    let forged = if forged == viewer.token {
+        viewer.token.replace('0', "1")
+    } else {
+        forged
+    };
+    assert_eq!(
+        api.status_code(Some(&forged), "GET", "/v1/status", None),
+        401
+    );
+    let status = api.call(view, "GET", "/v1/status", None);
+    assert_eq!(status["status"], 200, "{status}");
+    assert_eq!(status["body"]["role"], "primary", "{status}");
+    let before = active(&status["body"]);
+    assert_eq!(before.0, "primary", "{status}");
+
+    // Switching needs an operator: nothing changes otherwise.
+    let switch = r#"{"to": "replica", "reason": "drill"}"#;
+    assert_eq!(
+        api.status_code(None, "POST", "/v1/switchover", Some(switch)),
+        401
+    );
+    assert_eq!(
+        api.status_code(view, "POST", "/v1/switchover", Some(switch)),
+        403
+    );
+    assert_eq!(
+        api.status_code(Some(&forged), "POST", "/v1/switchover", Some(switch)),
+        401
+    );
+
+    // Bad requests from an operator: clear 4xx, nothing changes.
+    let huge = format!(
+        r#"{{"to": "replica", "reason": "{}"}}"#,
+        "x".repeat(64 * 1024)
+    );
+    for (body, want) in [
+        ("{not json", 400),
+        (r#"{"to": "replica", "reason": "x", "force": true}"#, 400),
+        (r#"{"to": "moon", "reason": "x"}"#, 400),
+        (r#"{"to": "replica", "reason": "  "}"#, 400),
+        (r#"{"to": "primary", "reason": "already there"}"#, 409),
+        (huge.as_str(), 413),
+    ] {
+        let answer = api.call(op, "POST", "/v1/switchover", Some(body));
+        assert_eq!(
+            answer["status"],
+            want,
+            "{}: {answer}",
+            &body[..body.len().min(60)]
+        );
+        assert!(answer["body"]["error"].is_string(), "{answer}");
+    }
+    assert_eq!(api.status_code(op, "GET", "/v1/nothing", None), 404);
+    assert_eq!(api.status_code(op, "GET", "/v1/switchover", None), 405);
+    let status = api.call(view, "GET", "/v1/status", None);
+    assert_eq!(
+        active(&status["body"]),
+        before,
+        "a refused request changed the active site"
+    );
+
+    // The operator's switchover moves the site once; the same again is refused.
+    let moved = api.call(op, "POST", "/v1/switchover", Some(switch));
+    assert_eq!(
+        moved["status"],
+        200,
+        "{moved}\n{}",
+        tail(&primary.levee.log(), 30)
+    );
+    assert_eq!(moved["body"]["active"]["backend"], "replica", "{moved}");
+    assert_eq!(moved["body"]["active"]["epoch"], before.1 + 1, "{moved}");
+    assert_eq!(
+        api.status_code(op, "POST", "/v1/switchover", Some(switch)),
+        409
+    );
+
+    // Two failbacks at once (after the hold-down): exactly one succeeds.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let failback = r#"{"reason": "primary repaired"}"#;
+    let answers: Vec<u64> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| api.call(op, "POST", "/v1/failback", Some(failback))))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap()["status"].as_u64().unwrap())
+            .collect()
+    });
+    let mut sorted = answers.clone();
+    sorted.sort();
+    assert_eq!(sorted, [200, 409], "{answers:?}");
+    let status = api.call(view, "GET", "/v1/status", None);
+    assert_eq!(
+        active(&status["body"]),
+        ("primary".to_owned(), before.1 + 2)
+    );
+
+    // Guessing is throttled per address: after 5 failures in a row, even a good token from
+    // there waits (429 with Retry-After), and the guesses cost levee no hashing.
+    for _ in 0..5 {
+        assert_eq!(
+            api.status_code(Some(&forged), "GET", "/v1/status", None),
+            401
+        );
+    }
+    let throttled = api.call(view, "GET", "/v1/status", None);
+    assert_eq!(throttled["status"], 429, "{throttled}");
+    let wait: u64 = throttled["retry_after"].as_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{throttled}");
+
+    // Every refusal and every switch is in the journal.
+    primary.levee.stop();
+    let audits: Vec<(String, String, String)> = primary
+        .open_journal()
+        .read_from(1, usize::MAX)
+        .expect("read journal")
+        .into_iter()
+        .filter_map(|r| match r.kind {
+            levee_journal::RecordKind::Audit(a) => Some((a.actor, a.action, a.detail)),
+            _ => None,
+        })
+        .collect();
+    let count = |action: &str, who: &str| {
+        audits
+            .iter()
+            .filter(|(actor, a, _)| a == action && actor.contains(who))
+            .count()
+    };
+    assert_eq!(count("admin-refused", "unknown@127.0.0.1"), 9, "{audits:?}");
+    assert_eq!(count("admin-refused", "dashboard"), 1, "{audits:?}");
+    assert!(count("switchover-refused", "ops-phone") >= 2, "{audits:?}");
+    assert_eq!(count("failback-refused", "ops-phone"), 1, "{audits:?}");
+    let switches: Vec<&String> = audits
+        .iter()
+        .filter(|(_, a, _)| a == "failover")
+        .map(|(_, _, d)| d)
+        .collect();
+    assert_eq!(switches.len(), 2, "{audits:?}");
+    assert!(
+        switches[0].contains("switchover by ops-phone: drill"),
+        "{switches:?}"
+    );
+    assert!(
+        switches[1].contains("failback by ops-phone: primary repaired"),
+        "{switches:?}"
+    );
+    // No token reached the journal or the log.
+    let log = primary.levee.log();
+    for secret in [&operator.token, &viewer.token] {
+        assert!(!log.contains(secret.as_str()), "a token is in the log");
+        assert!(!format!("{audits:?}").contains(secret.as_str()));
+    }
+}
