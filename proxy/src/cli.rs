@@ -47,6 +47,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state of mail continuity, from the admin API: active site, epoch, health of
+    /// both sites, replication lag.
+    Status {
+        #[command(flatten)]
+        remote: crate::admin::commands::Remote,
+    },
+    /// Move every client to the given site now (planned switchover).
+    Switchover {
+        /// `replica` or `primary`.
+        #[arg(long, value_parser = ["replica", "primary"])]
+        to: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: crate::admin::commands::Remote,
+    },
+    /// Move every client back to the primary site.
+    Failback {
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: crate::admin::commands::Remote,
+    },
     /// Admin API access: `levee admin token --name NAME --role operator` makes a token.
     Admin {
         #[command(subcommand)]
@@ -140,6 +165,13 @@ pub fn main() -> ExitCode {
             block_on_daemon(|shutdown| async move { crate::run(config, shutdown, None).await })
         }
         Command::Admin { command } => admin(command),
+        Command::Status { remote } => crate::admin::commands::status(&remote),
+        Command::Switchover { to, reason, remote } => {
+            crate::admin::commands::switch(&remote, Some(&to), &reason)
+        }
+        Command::Failback { reason, remote } => {
+            crate::admin::commands::switch(&remote, None, &reason)
+        }
         Command::Demo { install } => {
             init_tracing("warn", false);
             match crate::demo::run(install) {

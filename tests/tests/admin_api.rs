@@ -36,6 +36,27 @@ impl Admin<'_> {
     }
 }
 
+/// The `levee` binary as an admin's CLI.
+struct Cli<'a> {
+    server: String,
+    ca: &'a Path,
+    dir: &'a Path,
+}
+
+impl Cli<'_> {
+    fn run(&self, token: &str, args: &[&str]) -> std::process::Output {
+        let token_file = self.dir.join("my-token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_levee-under-test"))
+            .args(args)
+            .env("LEVEE_ADMIN_URL", &self.server)
+            .env("LEVEE_TOKEN_FILE", &token_file)
+            .env("LEVEE_ADMIN_CA", self.ca)
+            .output()
+            .unwrap()
+    }
+}
+
 fn active(status: &Value) -> (String, u64) {
     let a = &status["failover"]["active"];
     (
@@ -132,16 +153,47 @@ fn admin_api_enforces_tokens_and_switches_once() {
         "a refused request changed the active site"
     );
 
-    // The operator's switchover moves the site once; the same again is refused.
-    let moved = api.call(op, "POST", "/v1/switchover", Some(switch));
-    assert_eq!(
-        moved["status"],
-        200,
-        "{moved}\n{}",
+    // From the CLI: a viewer reads the status table but cannot switch.
+    let cli = Cli {
+        server: format!("https://localhost:{port}"),
+        ca: &ca,
+        dir: secrets.path(),
+    };
+    let table = cli.run(&viewer.token, &["status"]);
+    assert!(table.status.success(), "{table:?}");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("active site      primary\n"), "{table}");
+    assert!(table.contains("replica          ok\n"), "{table}");
+    let refused = cli.run(
+        &viewer.token,
+        &["switchover", "--to", "replica", "--reason", "x"],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{refused:?}"
+    );
+
+    // The operator's switchover (by the CLI) moves the site once; the same again is refused.
+    let moved = cli.run(
+        &operator.token,
+        &[
+            "switchover",
+            "--to",
+            "replica",
+            "--reason",
+            "drill",
+            "--json",
+        ],
+    );
+    assert!(
+        moved.status.success(),
+        "{moved:?}\n{}",
         tail(&primary.levee.log(), 30)
     );
-    assert_eq!(moved["body"]["active"]["backend"], "replica", "{moved}");
-    assert_eq!(moved["body"]["active"]["epoch"], before.1 + 1, "{moved}");
+    let moved: Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!(moved["active"]["backend"], "replica", "{moved}");
+    assert_eq!(moved["active"]["epoch"], before.1 + 1, "{moved}");
     assert_eq!(
         api.status_code(op, "POST", "/v1/switchover", Some(switch)),
         409
@@ -200,7 +252,7 @@ fn admin_api_enforces_tokens_and_switches_once() {
             .count()
     };
     assert_eq!(count("admin-refused", "unknown@127.0.0.1"), 9, "{audits:?}");
-    assert_eq!(count("admin-refused", "dashboard"), 1, "{audits:?}");
+    assert_eq!(count("admin-refused", "dashboard"), 2, "{audits:?}");
     assert!(count("switchover-refused", "ops-phone") >= 2, "{audits:?}");
     assert_eq!(count("failback-refused", "ops-phone"), 1, "{audits:?}");
     let switches: Vec<&String> = audits

@@ -1,8 +1,11 @@
 //! The admin surface: an HTTPS JSON API ([`api`]) for status, switchover and failback,
 //! behind bearer tokens kept as Argon2id hashes in a tokens file ([`tokens`]) with roles, and
-//! a per-address limit on failed logins ([`limiter`]). `levee admin token` makes tokens.
+//! a per-address limit on failed logins ([`limiter`]). `levee admin token` makes tokens;
+//! `levee status`, `switchover` and `failback` ([`commands`]) call the API ([`client`]).
 
 pub mod api;
+pub mod client;
+pub mod commands;
 pub mod limiter;
 pub mod listener;
 pub mod tokens;
