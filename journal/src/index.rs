@@ -1,12 +1,12 @@
 //! Secondary indexes for compliance search: by Message-ID, sender,
-//! recipient and UTC day.
+//! recipient and UTC day; and of audit records, newest first for the admin API.
 //!
 //! Keys are `value || 0x00 || seq_be` with no value stored, so a lookup is a
 //! prefix scan and results come out in seq order. Inserting the same entry
 //! twice is harmless, which is what lets recovery simply re-index the tail.
 
 use crate::error::JournalError;
-use crate::record::{RecordKind, Seq};
+use crate::record::{Record, RecordKind, Seq};
 use crate::store::{Journal, Trees};
 
 /// Which index an entry belongs to.
@@ -16,7 +16,12 @@ pub(crate) enum Index {
     Sender,
     Recipient,
     Day,
+    /// Every audit record (empty value: the key is `0x00 || seq_be`).
+    Audit,
 }
+
+/// Set in `meta` once every audit record written before the audit index existed is in it.
+const AUDIT_BACKFILLED: &[u8] = b"audit_index_backfilled";
 
 /// Message-IDs are compared as given, minus surrounding whitespace and angle
 /// brackets, so `<a@b>` and `a@b` find the same message.
@@ -65,6 +70,9 @@ fn key(value: &[u8], seq: Seq) -> Vec<u8> {
 /// Every index entry a record needs.
 pub(crate) fn entries(seq: Seq, time_ms: u64, header: &RecordKind) -> Vec<(Index, Vec<u8>)> {
     let mut out = vec![(Index::Day, key(day_value(time_ms).as_bytes(), seq))];
+    if let RecordKind::Audit(_) = header {
+        out.push((Index::Audit, key(b"", seq)));
+    }
     if let RecordKind::Message(m) = header {
         if let Some(id) = m.message_id.as_deref().map(normalize_message_id)
             && !id.is_empty()
@@ -92,7 +100,35 @@ impl Trees {
             Index::Sender => &self.idx_sender,
             Index::Recipient => &self.idx_recipient,
             Index::Day => &self.idx_day,
+            Index::Audit => &self.idx_audit,
         }
+    }
+
+    /// Indexes the audit records of a journal written before the audit index existed,
+    /// once: a scan of record headers (no bodies).
+    pub(crate) fn backfill_audit(&self) -> Result<(), JournalError> {
+        if self.meta.get(AUDIT_BACKFILLED)?.is_some() {
+            return Ok(());
+        }
+        let mut found = 0u64;
+        for item in self.records.iter() {
+            let (k, v) = item?;
+            let seq = crate::codec::key_seq(&k)
+                .ok_or_else(|| JournalError::corrupt(0, "malformed record key"))?;
+            let stored = crate::codec::decode(seq, &v)?;
+            if let RecordKind::Audit(_) = stored.header {
+                self.idx_audit.insert(key(b"", seq), &[])?;
+                found += 1;
+            }
+        }
+        self.meta.insert(AUDIT_BACKFILLED, &[1])?;
+        if found > 0 {
+            tracing::info!(
+                records = found,
+                "indexed the journal's earlier audit records"
+            );
+        }
+        Ok(())
     }
 
     pub(crate) fn insert_index(&self, entries: &[(Index, Vec<u8>)]) -> Result<(), JournalError> {
@@ -160,6 +196,22 @@ impl Journal {
         self.inner
             .trees
             .lookup(Index::Recipient, addr.as_bytes(), self.head())
+    }
+
+    /// Up to `limit` durable audit records with seq below `before`, newest first.
+    pub fn audit_before(&self, before: Seq, limit: usize) -> Result<Vec<Record>, JournalError> {
+        let end = before.min(self.head().saturating_add(1));
+        let mut out = Vec::new();
+        let range = key(b"", 0)..key(b"", end);
+        for item in self.inner.trees.idx_audit.range(range).rev().take(limit) {
+            let (k, _) = item?;
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&k[1..]);
+            if let Some(record) = self.get(u64::from_be_bytes(be))? {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 
     /// Durable records (of any kind) whose time falls on this UTC day.

@@ -58,6 +58,7 @@ pub(crate) struct Trees {
     pub idx_sender: sled::Tree,
     pub idx_recipient: sled::Tree,
     pub idx_day: sled::Tree,
+    pub idx_audit: sled::Tree,
 }
 
 impl Trees {
@@ -72,6 +73,7 @@ impl Trees {
             idx_sender: db.open_tree("idx_sender")?,
             idx_recipient: db.open_tree("idx_recipient")?,
             idx_day: db.open_tree("idx_day")?,
+            idx_audit: db.open_tree("idx_audit")?,
         })
     }
 }
@@ -125,6 +127,7 @@ impl Journal {
             .map_err(|e| JournalError::io(format!("opening {}", db_path.display()), e))?;
 
         let tip = recovery::recover(&trees)?;
+        trees.backfill_audit()?;
 
         let inner = Inner {
             dir: dir.to_path_buf(),

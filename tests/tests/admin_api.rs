@@ -220,6 +220,51 @@ fn admin_api_enforces_tokens_and_switches_once() {
         ("primary".to_owned(), before.1 + 2)
     );
 
+    // The audit log, newest first, in pages; a viewer may read it.
+    let page = api.call(view, "GET", "/v1/audit?limit=2", None);
+    assert_eq!(page["status"], 200, "{page}");
+    let records = page["body"]["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{page}");
+    assert!(
+        records[0]["seq"].as_u64() > records[1]["seq"].as_u64(),
+        "{page}"
+    );
+    // The losing one of the two failbacks is refused after the winner switched.
+    assert_eq!(records[0]["action"], "failback-refused", "{page}");
+    assert_eq!(records[1]["action"], "failover", "{page}");
+    assert!(
+        records[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failback by ops-phone"),
+        "{page}"
+    );
+    let before = page["body"]["next_before"].as_u64().expect("more pages");
+    let rest = api.call(
+        view,
+        "GET",
+        &format!("/v1/audit?before={before}&limit=500"),
+        None,
+    );
+    let rest = rest["body"]["records"].as_array().unwrap().clone();
+    assert!(rest.iter().all(|r| r["seq"].as_u64().unwrap() < before));
+    assert!(
+        rest.iter().any(|r| r["action"] == "admin-refused"),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|r| r["action"] == "switchover-refused"),
+        "{rest:?}"
+    );
+    assert!(rest[0]["time"].as_str().unwrap().ends_with('Z'), "{rest:?}");
+    for bad in [
+        "/v1/audit?limit=0",
+        "/v1/audit?limit=x",
+        "/v1/audit?since=1",
+    ] {
+        assert_eq!(api.status_code(view, "GET", bad, None), 400, "{bad}");
+    }
+
     // Guessing is throttled per address: after 5 failures in a row, even a good token from
     // there waits (429 with Retry-After), and the guesses cost levee no hashing.
     for _ in 0..5 {

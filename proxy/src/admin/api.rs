@@ -1,4 +1,5 @@
-//! The admin API: `GET /v1/status` (viewer), `POST /v1/switchover {to, reason}` and
+//! The admin API: `GET /v1/status` and `GET /v1/audit?before=&limit=` (viewer),
+//! `POST /v1/switchover {to, reason}` and
 //! `POST /v1/failback {reason}` (operator). Every request carries
 //! `Authorization: Bearer <token>`; every refused one (no token, a wrong one, too weak a
 //! role) is answered 401/403, changes nothing, and is an audit record in the journal, as
@@ -7,8 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -51,6 +52,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/switchover", post(switchover))
         .route("/v1/failback", post(failback))
+        .route("/v1/audit", get(audit_log))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -190,6 +192,74 @@ async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, peer, &headers, Role::Viewer, "status").await?;
     Ok(Json((state.status)()))
+}
+
+/// Audit records per page unless asked, and at most.
+const AUDIT_PAGE: usize = 50;
+const AUDIT_PAGE_MAX: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Records with a lower seq than this (the previous page's `next_before`).
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The journal's audit records, newest first.
+async fn audit_log(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, peer, &headers, Role::Viewer, "audit").await?;
+    let Query(query) = query.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, r.body_text()))?;
+    let limit = query.limit.unwrap_or(AUDIT_PAGE);
+    if limit == 0 || limit > AUDIT_PAGE_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1 to {AUDIT_PAGE_MAX}"),
+        ));
+    }
+    let journal = state.journal.clone();
+    let before = query.before.unwrap_or(u64::MAX);
+    let page = tokio::task::spawn_blocking(move || journal.audit_before(before, limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(%e, "admin API: reading audit records");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the journal could not be read",
+            )
+        })?;
+    let next_before = (page.len() == limit)
+        .then(|| page.last().map(|r| r.seq))
+        .flatten();
+    let records: Vec<serde_json::Value> = page
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RecordKind::Audit(a) => Some(json!({
+                "seq": r.seq,
+                "time": rfc3339(r.time_ms),
+                "actor": a.actor,
+                "action": a.action,
+                "detail": a.detail,
+            })),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(
+        json!({ "records": records, "next_before": next_before }),
+    ))
+}
+
+/// `ms` since the Unix epoch as RFC 3339, UTC.
+fn rfc3339(ms: u64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 #[derive(Debug, Deserialize)]
