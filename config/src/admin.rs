@@ -23,6 +23,10 @@ pub struct Admin {
     pub max_failures: u32,
     #[serde(with = "humantime_serde", default = "default_failure_window")]
     pub failure_window: Duration,
+    /// A planned switchover to the replica defers new SMTP transactions and waits this long
+    /// at most for the replica to hold every record; past it, nothing switches.
+    #[serde(with = "humantime_serde", default = "default_drain_timeout")]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -35,6 +39,10 @@ pub enum AdminTls {
 
 fn default_max_failures() -> u32 {
     5
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_failure_window() -> Duration {

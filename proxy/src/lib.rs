@@ -204,7 +204,12 @@ pub async fn run(
             failover.clone(),
         );
         let (admin, tls, stop) = (admin.clone(), shared.tls.clone(), shutdown.clone());
-        let parts = (failover.clone(), status, journal.clone());
+        let parts = admin::Parts {
+            failover: failover.clone(),
+            status,
+            journal: journal.clone(),
+            replicator: shared.replicator.clone(),
+        };
         tasks.spawn(async move {
             if let Err(err) = admin::serve(listener, &admin, tokens, tls, parts, stop).await {
                 tracing::error!(%err, "admin API failed");

@@ -7,7 +7,7 @@ use std::path::Path;
 use levee_proxy::admin::{Role, tokens};
 use levee_proxy::mailstack::free_port;
 use levee_tests::clients::admin_call;
-use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
+use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
 use serde_json::Value;
 
 struct Admin<'a> {
@@ -78,10 +78,10 @@ fn admin_api_enforces_tokens_and_switches_once() {
     .unwrap();
     let port = free_port().unwrap();
 
-    let replica = ReplicaSite::start("admin-replica", LeveeMode::Child);
+    let mut replica = ReplicaSite::start("admin-replica", LeveeMode::Child);
     let extra = replica.primary_extra(&format!(
         "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
-         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\n",
+         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"2s\"\n",
         tokens_file.display()
     ));
     let mut primary = Site::start_with("admin-primary", LeveeMode::Child, &extra);
@@ -174,6 +174,54 @@ fn admin_api_enforces_tokens_and_switches_once() {
         "{refused:?}"
     );
 
+    // A planned switchover waits for the replica, deferring new mail meanwhile; a replica
+    // that does not catch up within drain_timeout means no switch at all.
+    replica.daemon.stop();
+    assert_eq!(
+        api.status_code(Some(&forged), "GET", "/v1/status", None),
+        401
+    ); // a record it lacks
+    let (stalled, deferred) = std::thread::scope(|s| {
+        let call = s.spawn(|| api.call(op, "POST", "/v1/switchover", Some(switch)));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let deferred = send_sample(
+            primary.dir.path(),
+            primary.levee.ports.relay,
+            "during-drain@example.org",
+            "alice@example.test",
+        );
+        (call.join().unwrap(), deferred)
+    });
+    assert_eq!(deferred["code"], 451, "{deferred}");
+    assert!(
+        deferred["reply"]
+            .to_string()
+            .contains("Switching mail sites"),
+        "{deferred}"
+    );
+    assert_eq!(stalled["status"], 409, "{stalled}");
+    assert!(
+        stalled["body"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not catch up"),
+        "{stalled}"
+    );
+    let status = api.call(view, "GET", "/v1/status", None);
+    assert_eq!(
+        active(&status["body"]),
+        before,
+        "a stalled drain switched anyway"
+    );
+    let after = send_sample(
+        primary.dir.path(),
+        primary.levee.ports.relay,
+        "after-drain@example.org",
+        "alice@example.test",
+    );
+    assert_eq!(after["code"], 250, "mail is deferred no longer: {after}");
+    replica.daemon.restart();
+
     // The operator's switchover (by the CLI) moves the site once; the same again is refused.
     let moved = cli.run(
         &operator.token,
@@ -194,6 +242,12 @@ fn admin_api_enforces_tokens_and_switches_once() {
     let moved: Value = serde_json::from_slice(&moved.stdout).unwrap();
     assert_eq!(moved["active"]["backend"], "replica", "{moved}");
     assert_eq!(moved["active"]["epoch"], before.1 + 1, "{moved}");
+    let drained = &moved["drained"];
+    assert!(drained["head"].as_u64().unwrap() > 0, "{moved}");
+    assert!(
+        drained["replica_acked"].as_u64() >= drained["head"].as_u64(),
+        "switched before the replica had everything: {moved}"
+    );
     assert_eq!(
         api.status_code(op, "POST", "/v1/switchover", Some(switch)),
         409
@@ -296,7 +350,11 @@ fn admin_api_enforces_tokens_and_switches_once() {
             .filter(|(actor, a, _)| a == action && actor.contains(who))
             .count()
     };
-    assert_eq!(count("admin-refused", "unknown@127.0.0.1"), 9, "{audits:?}");
+    assert_eq!(
+        count("admin-refused", "unknown@127.0.0.1"),
+        10,
+        "{audits:?}"
+    );
     assert_eq!(count("admin-refused", "dashboard"), 2, "{audits:?}");
     assert!(count("switchover-refused", "ops-phone") >= 2, "{audits:?}");
     assert_eq!(count("failback-refused", "ops-phone"), 1, "{audits:?}");

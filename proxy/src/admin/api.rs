@@ -19,10 +19,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::listener::Peer;
+use super::switch::switch;
 use super::{Caller, FailedLogins, Role, Tokens};
 use crate::failover::controller::Backend;
-use crate::failover::driver::Failover;
-use crate::metrics::StatusFn;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -30,21 +29,14 @@ pub const MAX_BODY: usize = 16 * 1024;
 const MAX_REASON: usize = 500;
 
 /// What the handlers share.
+#[derive(Debug)]
 pub struct AdminState {
     pub tokens: Tokens,
     pub limiter: Mutex<FailedLogins>,
-    pub failover: Option<Failover>,
-    pub status: StatusFn,
-    pub journal: Journal,
-}
-
-impl std::fmt::Debug for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState")
-            .field("tokens", &self.tokens)
-            .field("failover", &self.failover)
-            .finish_non_exhaustive()
-    }
+    /// One switch at a time: a second request waits, then finds the site already active.
+    pub switching: tokio::sync::Mutex<()>,
+    pub drain_timeout: std::time::Duration,
+    pub parts: super::Parts,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -70,7 +62,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -97,7 +89,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn audit(journal: &Journal, actor: String, action: &str, detail: String) {
+pub(super) async fn audit(journal: &Journal, actor: String, action: &str, detail: String) {
     let record = NewRecord {
         time_ms: crate::smtp::now_ms(),
         kind: RecordKind::Audit(AuditRecord {
@@ -156,7 +148,7 @@ async fn authorize(
             .failed(ip, Instant::now());
         tracing::warn!(%ip, what, "admin API: refused, no valid token");
         audit(
-            &state.journal,
+            &state.parts.journal,
             format!("unknown@{ip}"),
             "admin-refused",
             format!("{what}: no valid token"),
@@ -171,7 +163,7 @@ async fn authorize(
     if caller.role < need {
         tracing::warn!(%ip, caller = %caller.name, what, "admin API: refused, role too weak");
         audit(
-            &state.journal,
+            &state.parts.journal,
             caller.name.clone(),
             "admin-refused",
             format!("{what}: needs the {need} role, token has {}", caller.role),
@@ -191,7 +183,7 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, peer, &headers, Role::Viewer, "status").await?;
-    Ok(Json((state.status)()))
+    Ok(Json((state.parts.status)()))
 }
 
 /// Audit records per page unless asked, and at most.
@@ -222,7 +214,7 @@ async fn audit_log(
             format!("limit must be 1 to {AUDIT_PAGE_MAX}"),
         ));
     }
-    let journal = state.journal.clone();
+    let journal = state.parts.journal.clone();
     let before = query.before.unwrap_or(u64::MAX);
     let page = tokio::task::spawn_blocking(move || journal.audit_before(before, limit))
         .await
@@ -335,36 +327,4 @@ async fn failback(
         &request.reason,
     )
     .await
-}
-
-async fn switch(
-    state: &AdminState,
-    caller: &Caller,
-    to: Backend,
-    action: &str,
-    reason: &str,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Some(failover) = &state.failover else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "no replica site is configured: there is nothing to switch to",
-        ));
-    };
-    let why = format!("{action} by {}: {reason}", caller.name);
-    match failover.switch(to, why, false).await {
-        Ok(active) => {
-            tracing::warn!(caller = %caller.name, ?to, epoch = active.epoch, "admin {action}");
-            Ok(Json(json!({ "active": active })))
-        }
-        Err(refusal) => {
-            audit(
-                &state.journal,
-                caller.name.clone(),
-                &format!("{action}-refused"),
-                format!("to {to:?}: {refusal}"),
-            )
-            .await;
-            Err(ApiError::new(StatusCode::CONFLICT, refusal.to_string()))
-        }
-    }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod commands;
 pub mod limiter;
 pub mod listener;
+mod switch;
 pub mod tokens;
 
 use std::sync::{Arc, Mutex};
@@ -24,25 +25,41 @@ pub use tokens::{Caller, Role, Tokens, TokensError};
 use crate::failover::driver::Failover;
 use crate::metrics::StatusFn;
 
+/// What the admin API works with.
+pub struct Parts {
+    pub failover: Option<Failover>,
+    pub status: StatusFn,
+    pub journal: Journal,
+    pub replicator: Option<crate::replication::Replicator>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("failover", &self.failover)
+            .field("replicator", &self.replicator)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Serves the admin API on `tcp` until `shutdown`.
 pub async fn serve(
     tcp: TcpListener,
     config: &Admin,
     tokens: Tokens,
     tls: Option<TlsAcceptor>,
-    parts: (Option<Failover>, StatusFn, Journal),
+    parts: Parts,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let (failover, status, journal) = parts;
     let state = Arc::new(api::AdminState {
         tokens,
         limiter: Mutex::new(FailedLogins::new(
             config.max_failures,
             config.failure_window,
         )),
-        failover,
-        status,
-        journal,
+        switching: tokio::sync::Mutex::new(()),
+        drain_timeout: config.drain_timeout,
+        parts,
     });
     let tls = match config.tls {
         AdminTls::Implicit => tls,

@@ -44,6 +44,9 @@ enum Request {
 /// A handle on the running driver; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Failover {
+    /// Set while a planned switchover waits for the replica: new SMTP transactions are
+    /// deferred (4xx) so that the replica can catch up with everything acknowledged.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     active: watch::Receiver<Active>,
     health: watch::Receiver<Health>,
     requests: mpsc::UnboundedSender<Request>,
@@ -87,6 +90,7 @@ impl Failover {
             config, journal, start, rx, active_tx, health_tx, shutdown,
         ));
         Some(Failover {
+            draining: Arc::default(),
             active,
             health,
             requests,
@@ -104,6 +108,16 @@ impl Failover {
 
     pub fn health(&self) -> Health {
         self.health.borrow().clone()
+    }
+
+    /// Whether new SMTP transactions are being deferred for a planned switchover.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// A session lost its connection to `backend`.

@@ -86,6 +86,11 @@ impl std::fmt::Display for Reply {
 }
 
 pub const OK: Reply = Reply::own(250, [2, 0, 0], "Ok");
+pub const SWITCHING: Reply = Reply::own(
+    451,
+    [4, 3, 0],
+    "Switching mail sites, try again in a minute",
+);
 pub const BYE: Reply = Reply::own(221, [2, 0, 0], "Bye");
 pub const START_DATA: Reply = Reply::own(354, [0, 0, 0], "End data with <CR><LF>.<CR><LF>");
 pub const READY_TLS: Reply = Reply::own(220, [2, 0, 0], "Ready to start TLS");

@@ -42,6 +42,11 @@ impl Routes {
         Routes { config, failover }
     }
 
+    /// New transactions wait (4xx) while a planned switchover drains.
+    pub fn draining(&self) -> bool {
+        self.failover.as_ref().is_some_and(Failover::draining)
+    }
+
     /// The backend new transactions go to (the primary without failover).
     pub fn active(&self) -> Backend {
         self.failover

@@ -47,6 +47,9 @@ impl Session {
         if self.tx.is_some() {
             return conn.reply(&reply::NESTED_MAIL);
         }
+        if self.shared.routes.draining() {
+            return conn.reply(&reply::SWITCHING);
+        }
         self.follow_active().await;
         if self.listener.kind == ListenerKind::Submission && self.upstream.is_none() {
             return conn.reply(&reply::UPSTREAM_LOST);
