@@ -11,6 +11,7 @@
 //! found.
 
 pub mod admin;
+pub mod alerts;
 pub mod failover;
 pub mod imap;
 pub mod locate;
@@ -22,6 +23,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use admin::*;
+pub use alerts::*;
 pub use failover::*;
 pub use imap::*;
 pub use replication::*;

@@ -32,6 +32,9 @@ pub struct Config {
     pub replication: Option<crate::Replication>,
     #[serde(default)]
     pub metrics: Metrics,
+    /// E-mail reports to the admins; none when absent.
+    #[serde(default)]
+    pub alerts: Option<crate::Alerts>,
     /// The admin API; none when absent.
     #[serde(default)]
     pub admin: Option<crate::Admin>,

@@ -181,6 +181,22 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    if let Some(alerts) = &config.alerts {
+        let bad =
+            |a: &String| a.trim().is_empty() || !a.contains('@') || a.contains(char::is_whitespace);
+        if alerts.to.is_empty() || alerts.to.iter().any(bad) {
+            push(
+                "alerts.to".into(),
+                "needs at least one address, each like admin@example.org".into(),
+            );
+        }
+        if alerts.from.as_ref().is_some_and(bad) {
+            push(
+                "alerts.from".into(),
+                "must be an address like levee@example.org".into(),
+            );
+        }
+    }
     if let Some(admin) = &config.admin {
         if admin.tls == crate::AdminTls::None && !admin.listen.ip().is_loopback() {
             push(

@@ -201,3 +201,23 @@ fn admin_section_is_checked() {
     let errs = problems(&admin("127.0.0.1:8443", "plain", &tokens));
     assert!(errs.iter().any(|e| e.contains("plain")), "{errs:?}");
 }
+
+#[test]
+fn alerts_need_real_addresses() {
+    let ok = Config::from_toml(&format!(
+        "{MINIMAL}\n[alerts]\nto = [\"ops@example.org\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(ok.alerts.unwrap().to, ["ops@example.org"]);
+    for bad in [
+        "to = []",
+        "to = [\"ops\"]",
+        "to = [\"a@b\"]\nfrom = \"not an address\"",
+    ] {
+        let errs = problems(&format!("{MINIMAL}\n[alerts]\n{bad}\n"));
+        assert!(
+            errs.iter().any(|e| e.contains("alerts.")),
+            "{bad}: {errs:?}"
+        );
+    }
+}

@@ -15,6 +15,7 @@
 //! - [`cli`]: the command-line interface.
 
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod delivery;
 pub mod demo;
@@ -215,6 +216,17 @@ pub async fn run(
                 tracing::error!(%err, "admin API failed");
             }
         });
+    }
+    if let Some(failover) = failover.clone()
+        && config.alerts.is_some()
+    {
+        let watched = alerts::Watched {
+            failover,
+            replicator: shared.replicator.clone(),
+            journal: journal.clone(),
+            wake: wake.clone(),
+        };
+        tasks.spawn(alerts::run(config.clone(), watched, shutdown.clone()));
     }
     tasks.spawn(sweep_upstreams(shared.clone()));
     tasks.spawn(smtp::route::follow_active_backend(shared.clone()));

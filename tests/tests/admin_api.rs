@@ -81,7 +81,7 @@ fn admin_api_enforces_tokens_and_switches_once() {
     let mut replica = ReplicaSite::start("admin-replica", LeveeMode::Child);
     let extra = replica.primary_extra(&format!(
         "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
-         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"2s\"\n",
+         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"2s\"\n\n[alerts]\nto = [\"carol@example.test\"]\n",
         tokens_file.display()
     ));
     let mut primary = Site::start_with("admin-primary", LeveeMode::Child, &extra);
@@ -293,15 +293,15 @@ fn admin_api_enforces_tokens_and_switches_once() {
             .contains("failback by ops-phone"),
         "{page}"
     );
-    let before = page["body"]["next_before"].as_u64().expect("more pages");
+    let next_page = page["body"]["next_before"].as_u64().expect("more pages");
     let rest = api.call(
         view,
         "GET",
-        &format!("/v1/audit?before={before}&limit=500"),
+        &format!("/v1/audit?before={next_page}&limit=500"),
         None,
     );
     let rest = rest["body"]["records"].as_array().unwrap().clone();
-    assert!(rest.iter().all(|r| r["seq"].as_u64().unwrap() < before));
+    assert!(rest.iter().all(|r| r["seq"].as_u64().unwrap() < next_page));
     assert!(
         rest.iter().any(|r| r["action"] == "admin-refused"),
         "{rest:?}"
@@ -318,6 +318,31 @@ fn admin_api_enforces_tokens_and_switches_once() {
     ] {
         assert_eq!(api.status_code(view, "GET", bad, None), 400, "{bad}");
     }
+
+    // Each switch was reported to the admins by mail, through the site then active.
+    let find = |site: &levee_proxy::mailstack::MailStack, subject: &str| {
+        levee_tests::wait_for_messages(site, "carol", &[subject.to_owned()], 30)
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .find(|m| m.contains(subject))
+            .unwrap()
+    };
+    let e2 = format!("to the replica site (epoch {})", before.1 + 1);
+    let report = find(&replica.stack, &e2);
+    assert!(
+        report.contains("switchover by ops-phone: drill"),
+        "{report}"
+    );
+    assert!(
+        report.contains("not applicable (an admin's planned switch)"),
+        "{report}"
+    );
+    let e3 = format!("to the primary site (epoch {})", before.1 + 2);
+    let report = find(&primary.stack, &e3);
+    assert!(
+        report.contains("failback by ops-phone: primary repaired"),
+        "{report}"
+    );
 
     // Guessing is throttled per address: after 5 failures in a row, even a good token from
     // there waits (429 with Retry-After), and the guesses cost levee no hashing.

@@ -25,7 +25,7 @@ fn wait_for(site: &Site, what: &str, secs: u64, probe: impl Fn(&serde_json::Valu
 fn primary_imap_death_moves_the_active_backend_and_only_an_admin_moves_it_back() {
     let replica = ReplicaSite::start("failover-replica", LeveeMode::Child);
     let extra = format!(
-        "\n[upstream.replica]\nsmtp = \"{}\"\nimap = \"{}\"\n\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"2s\"\n",
+        "\n[upstream.replica]\nsmtp = \"{}\"\nimap = \"{}\"\n\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"2s\"\n\n[alerts]\nto = [\"carol@example.test\"]\n",
         replica.stack.smtp_addr(),
         replica.stack.imap_addr()
     );
@@ -61,6 +61,26 @@ fn primary_imap_death_moves_the_active_backend_and_only_an_admin_moves_it_back()
         "the failing service is named: {status}"
     );
     assert_eq!(primary.levee.metric("levee_active_backend"), Some(1.0));
+    // The admins hear of it by mail, through the site now active: what, why, how long.
+    let subject =
+        "Subject: levee: clients moved from the primary site to the replica site (epoch 2)";
+    let report = replica
+        .wait_for_messages("carol", &[subject.into()], 30)
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .find(|m| m.contains(subject))
+        .expect("the report");
+    for want in [
+        "from the primary's first failed health check to the switch",
+        "Why: Primary -> Replica (epoch 2): PrimaryFailed",
+        "Primary health: failing (IMAP",
+        "What to do next: Clients now use the replica site",
+    ] {
+        assert!(
+            report.contains(want),
+            "{want:?} missing from the report:\n{report}"
+        );
+    }
     assert_eq!(
         primary.levee.metric("levee_failover_transitions_total"),
         Some(1.0)

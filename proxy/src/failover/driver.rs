@@ -29,6 +29,8 @@ pub struct Health {
     pub primary_error: Option<String>,
     pub replica_error: Option<String>,
     pub last_transition: Option<String>,
+    /// The last transition was an admin's (switchover, failback), not automatic.
+    pub last_by_admin: bool,
 }
 
 enum Request {
@@ -253,7 +255,8 @@ fn publish(
         h.last_transition = Some(format!(
             "{:?} -> {:?} (epoch {}): {:?}",
             transition.from, transition.to, transition.epoch, transition.reason
-        ))
+        ));
+        h.last_by_admin = matches!(transition.reason, super::controller::Reason::Admin(_));
     });
     active.send_replace(Active {
         backend: transition.to,
