@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handed over but not yet taken by the HTTP server.
 const QUEUE: usize = 64;
+/// TLS handshakes under way at once; a connection beyond that is closed at once, so a flood
+/// of stalled handshakes costs a bounded number of tasks.
+const HANDSHAKES: usize = 128;
 
 pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
@@ -53,6 +56,7 @@ impl AdminListener {
     ) -> std::io::Result<AdminListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(QUEUE);
+        let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -66,9 +70,14 @@ impl AdminListener {
                         }
                     },
                 };
+                let Ok(slot) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "admin API: too many connections being set up; closed");
+                    continue;
+                };
                 let tx = tx.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let conn: Box<dyn Conn> = match tls {
                         None => Box::new(stream),
                         Some(acceptor) => {
