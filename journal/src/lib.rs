@@ -33,6 +33,7 @@
 //! | `idx_day` | `YYYYMMDD (UTC) \|\| 0x00 \|\| seq_be` | empty |
 //! | `state` | seq_be | postcard([`DeliveryState`]) |
 //! | `undelivered` | seq_be | empty (Pending/Deferred only) |
+//! | `resync_primary` | seq_be | empty: messages the primary has yet to receive |
 //! | `meta` | `indexed_through` | seq_be up to which indexes/state are written |
 //! | `user_meta` | caller's name (UTF-8) | caller's bytes ([`Journal::set_meta`]) |
 //!
@@ -117,6 +118,7 @@ mod mailbox;
 pub mod metrics;
 mod record;
 mod recovery;
+mod resync;
 mod state;
 mod store;
 mod sync;

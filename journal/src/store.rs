@@ -59,6 +59,8 @@ pub(crate) struct Trees {
     pub idx_recipient: sled::Tree,
     pub idx_day: sled::Tree,
     pub idx_audit: sled::Tree,
+    /// Seqs the primary's mail server has yet to receive ([`Journal::resync_mark`]).
+    pub resync: sled::Tree,
 }
 
 impl Trees {
@@ -74,6 +76,7 @@ impl Trees {
             idx_recipient: db.open_tree("idx_recipient")?,
             idx_day: db.open_tree("idx_day")?,
             idx_audit: db.open_tree("idx_audit")?,
+            resync: db.open_tree("resync_primary")?,
         })
     }
 }

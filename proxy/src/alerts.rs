@@ -111,10 +111,15 @@ fn lag(watched: &Watched) -> String {
     match &watched.replicator {
         None => "no replication configured".into(),
         Some(r) => {
-            let acked = r.status.current().acked;
+            let link = r.status.current();
+            let acked = link.acked;
             let seconds = levee_replica::shipper::lag_seconds(&watched.journal, acked);
+            let applied = match link.applied {
+                Some(applied) => format!("; its mail server has every record through {applied}"),
+                None => String::new(),
+            };
             format!(
-                "the replica holds journal records through {acked} of {head} ({} behind, oldest missing {seconds:.1} s old)",
+                "the replica holds journal records through {acked} of {head} ({} behind, oldest missing {seconds:.1} s old){applied}",
                 head.saturating_sub(acked)
             )
         }

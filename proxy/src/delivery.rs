@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::failover::controller::Backend;
 use crate::metrics as m;
 use crate::smtp::now_ms;
 use crate::smtp::reply::Reply;
@@ -33,7 +34,7 @@ use crate::trace;
 
 /// How one delivery attempt ended.
 #[derive(Debug)]
-enum Attempt {
+pub(crate) enum Attempt {
     Delivered(Reply),
     /// Every recipient or the message was refused permanently.
     Refused(Reply),
@@ -47,11 +48,11 @@ enum Attempt {
 
 /// One journaled message to deliver, with what its trace header names.
 #[derive(Debug)]
-struct Due {
-    seq: Seq,
-    chain: [u8; 32],
-    accepted_ms: u64,
-    message: MessageRecord,
+pub(crate) struct Due {
+    pub seq: Seq,
+    pub chain: [u8; 32],
+    pub accepted_ms: u64,
+    pub message: MessageRecord,
 }
 
 /// Runs until `shutdown`.
@@ -181,7 +182,7 @@ fn settle(
     if new_state.status == DeliveryStatus::Deferred {
         next_due.note(new_state.next_attempt_ms);
     }
-    journal.set_state(seq, &new_state)?;
+    crate::resync::set_state(journal, seq, &new_state)?;
     Ok(unreachable)
 }
 
@@ -256,15 +257,27 @@ fn backoff(config: &Config, attempts: u32) -> Duration {
 
 /// One delivery of one message over a fresh connection to the active backend.
 async fn attempt(config: &Config, routes: &Routes, due: &Due) -> Attempt {
-    let message = &due.message;
     let backend = routes.active();
-    let rcpts: Vec<&str> = (message.rcpt_to.iter())
+    let rcpts: Vec<&str> = (due.message.rcpt_to.iter())
         .map(String::as_str)
         .filter(|rcpt| !routes.left_to_applier(backend, rcpt))
         .collect();
     if rcpts.is_empty() {
         return Attempt::Applier;
     }
+    deliver_to(config, routes, backend, due, &rcpts).await
+}
+
+/// One delivery of `due` to `rcpts` at `backend`'s MTA over a fresh connection, with the
+/// original client's identity (XCLIENT) and the trace header that names the record.
+pub(crate) async fn deliver_to(
+    config: &Config,
+    routes: &Routes,
+    backend: Backend,
+    due: &Due,
+    rcpts: &[&str],
+) -> Attempt {
+    let message = &due.message;
     let identity = ClientIdentity {
         addr: message
             .client
@@ -295,7 +308,7 @@ async fn attempt(config: &Config, routes: &Routes, due: &Due) -> Attempt {
     };
     let id = trace::trace_id(due.seq, &due.chain);
     let header = trace::smtp_received(&config.smtp.hostname, &message.client, &id, due.accepted_ms);
-    let outcome = transfer(&mut upstream, message, &rcpts, &header).await;
+    let outcome = transfer(&mut upstream, message, rcpts, &header).await;
     upstream.quit().await;
     match outcome {
         Ok(attempt) => attempt,

@@ -26,6 +26,7 @@ pub mod listen;
 pub mod mailstack;
 pub mod metrics;
 pub mod replication;
+pub mod resync;
 pub mod smtp;
 pub mod standby;
 pub mod tls;
@@ -108,6 +109,15 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let routes = smtp::route::Routes::new(config.clone(), failover.clone());
     routes.warn_about_config();
+    // Only a site pair has a primary to catch up after the replica was active.
+    let resync = failover.as_ref().map(|_| {
+        resync::Resync::start(
+            journal.clone(),
+            config.clone(),
+            routes.clone(),
+            shutdown.clone(),
+        )
+    });
     let shared = Arc::new(SmtpShared {
         routes: routes.clone(),
         replicator,
@@ -183,6 +193,7 @@ pub async fn run(
             &journal,
             shared.replicator.clone(),
             failover.clone(),
+            resync.clone(),
         );
         tasks.spawn(async move {
             if let Err(err) = metrics::serve(listener, stop, status).await {
@@ -203,6 +214,7 @@ pub async fn run(
             &journal,
             shared.replicator.clone(),
             failover.clone(),
+            resync.clone(),
         );
         let (admin, tls, stop) = (admin.clone(), shared.tls.clone(), shutdown.clone());
         let parts = admin::Parts {
@@ -210,6 +222,7 @@ pub async fn run(
             status,
             journal: journal.clone(),
             replicator: shared.replicator.clone(),
+            resync: resync.clone(),
         };
         tasks.spawn(async move {
             if let Err(err) = admin::serve(listener, &admin, tokens, tls, parts, stop).await {
@@ -279,6 +292,7 @@ fn primary_status(
     journal: &Journal,
     replicator: Option<replication::Replicator>,
     failover: Option<failover::driver::Failover>,
+    resync: Option<resync::Resync>,
 ) -> metrics::StatusFn {
     let (node, journal) = (config.node.id.clone(), journal.clone());
     let mode = config.replication.as_ref().map(|r| r.mode);
@@ -290,6 +304,7 @@ fn primary_status(
                 "mode": format!("{:?}", mode.unwrap_or_default()).to_lowercase(),
                 "connected": link.connected,
                 "acked_seq": link.acked,
+                "applied_seq": link.applied,
                 "lag_records": head.saturating_sub(link.acked),
                 "lag_seconds": levee_replica::shipper::lag_seconds(&journal, link.acked),
                 "sync_degraded": r.degraded(),
@@ -300,6 +315,7 @@ fn primary_status(
             serde_json::json!({
                 "active": f.active(),
                 "health": f.health(),
+                "primary_resync": resync.as_ref().map(resync::Resync::current),
             })
         });
         serde_json::json!({

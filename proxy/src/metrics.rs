@@ -32,6 +32,8 @@ pub const IMAP_CHANGES_JOURNALED: &str = "levee_imap_changes_journaled_total";
 pub const IMAP_CHANGES_LOST: &str = "levee_imap_changes_lost_total";
 pub const IMAP_UID_CONTINUITY_LOST: &str = "levee_imap_uid_continuity_lost_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
+pub const RESYNC_PENDING: &str = "levee_resync_pending";
+pub const RESYNC_DELIVERED: &str = "levee_resync_delivered_total";
 
 fn describe() {
     describe_counter!(SESSIONS_TOTAL, "Client sessions accepted, by protocol");
@@ -88,6 +90,14 @@ fn describe() {
         "Mailboxes whose messages at the replica could not keep the primary's UIDs"
     );
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
+    describe_gauge!(
+        RESYNC_PENDING,
+        "Messages accepted while the replica was active that the primary has yet to receive"
+    );
+    describe_counter!(
+        RESYNC_DELIVERED,
+        "Copies of such messages the primary's MTA accepted"
+    );
     levee_journal::metrics::describe();
     levee_replica::metrics::describe();
 }

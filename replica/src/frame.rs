@@ -11,12 +11,15 @@
 //! `Frame::Hello` is variant 0 and begins with `version` and `min_version`, and this never
 //! changes: any future peer can read an old peer's Hello and refuse it with a clear reason
 //! instead of misreading the rest of the stream.
+//!
+//! Protocol 2 adds [`Frame::Applied`]: a replica sends it only to a primary whose Hello
+//! says version 2 or later, so a version-1 primary never sees a variant it cannot read.
 
 use levee_journal::{Record, Seq};
 use serde::{Deserialize, Serialize};
 
 /// The protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol this build accepts from a peer.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted (before and after decompression): a batch holds at least one
@@ -56,7 +59,13 @@ pub enum Frame {
     Ack { seq: Seq },
     /// Either side, when idle: liveness, and the sender's journal head.
     Heartbeat { time_ms: u64, head: Seq },
+    /// Replica to primary (protocol 2): every record up to `seq` has been applied to the
+    /// standby mail server (or parked there with a reason). Sent whenever it moves.
+    Applied { seq: Seq },
 }
+
+/// The first protocol version with [`Frame::Applied`].
+pub const APPLIED_SINCE: u16 = 2;
 
 /// Why bytes are not a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -178,6 +187,7 @@ mod tests {
                 time_ms: 5,
                 head: 2,
             },
+            Frame::Applied { seq: 2 },
         ];
         for frame in frames {
             assert_eq!(decode(&encode(&frame).unwrap()).unwrap(), frame);

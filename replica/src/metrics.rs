@@ -4,6 +4,7 @@ use metrics::{describe_counter, describe_gauge};
 
 pub const SHIP_CONNECTED: &str = "levee_replication_connected";
 pub const SHIP_ACKED: &str = "levee_replication_acked_seq";
+pub const SHIP_APPLIED: &str = "levee_replication_applied_seq";
 pub const SHIP_LAG_RECORDS: &str = "levee_replication_lag_records";
 pub const SHIP_LAG_SECONDS: &str = "levee_replication_lag_seconds";
 pub const SHIP_RECORDS: &str = "levee_replication_records_sent_total";
@@ -23,6 +24,10 @@ pub const MAILBOX_CHANGES: &str = "levee_replica_mailbox_changes_total";
 pub fn describe() {
     describe_gauge!(SHIP_CONNECTED, "1 while the stream to the replica is up");
     describe_gauge!(SHIP_ACKED, "Highest seq the replica holds durably");
+    describe_gauge!(
+        SHIP_APPLIED,
+        "Highest seq through which the replica's standby mail server holds every record"
+    );
     describe_gauge!(
         SHIP_LAG_RECORDS,
         "Journal records not yet durable at the replica"

@@ -5,6 +5,10 @@
 //! is a fenced primary). Each batch is checked record by record (consecutive seqs, body
 //! hash, hash chain) and written all-or-nothing into the replica's own journal; the ack is
 //! sent only after that write is durable. One primary streams at a time.
+//!
+//! A replica that applies its journal to a standby mail server also reports how far that
+//! has got ([`Frame::Applied`], to primaries of protocol 2 or later), so that a planned
+//! switchover can wait until the standby holds every message, not only the journal.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use tracing::Instrument;
 
 use crate::auth::Token;
 use crate::conn::{ConnError, FrameConn};
-use crate::frame::{Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::frame::{APPLIED_SINCE, Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use crate::metrics as m;
 
 /// Journal meta key holding the newest epoch seen (big-endian u64).
@@ -33,7 +37,15 @@ pub struct ReceiverSettings {
     /// Required unless the TLS config demands client certificates.
     pub token: Option<Token>,
     pub idle_timeout: Duration,
+    /// How far the standby has applied the journal, when this replica applies it.
+    pub applied: Option<AppliedFn>,
 }
+
+/// Reads the highest seq through which every record has been applied.
+pub type AppliedFn = fn(&Journal) -> levee_journal::Seq;
+
+/// How often the applied seq is looked at while a primary streams.
+const APPLIED_EVERY: Duration = Duration::from_millis(50);
 
 /// Why a primary's session ended.
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +164,30 @@ async fn session(
     })
     .await?;
     tracing::info!(from = journal.head() + 1, "primary streaming");
+    let peer_version = match &hello {
+        Frame::Hello { version, .. } => *version,
+        _ => 0,
+    };
+    let applied = settings.applied.filter(|_| peer_version >= APPLIED_SINCE);
+    let mut applied_sent = None;
+    let mut applied_tick = tokio::time::interval(APPLIED_EVERY);
+    applied_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
-        let frame = conn.recv(settings.idle_timeout).await;
+        let silence = (last_heard + settings.idle_timeout)
+            .saturating_duration_since(tokio::time::Instant::now());
+        let frame = tokio::select! {
+            frame = conn.recv(silence) => frame,
+            _ = applied_tick.tick(), if applied.is_some() => {
+                let seq = applied.map_or(0, |read| read(journal));
+                if applied_sent != Some(seq) {
+                    conn.send(&Frame::Applied { seq }).await?;
+                    applied_sent = Some(seq);
+                }
+                continue;
+            }
+        };
+        last_heard = tokio::time::Instant::now();
         // A newer primary was admitted meanwhile: this one is fenced from now on.
         let newest = stored_epoch(journal);
         if newest > session_epoch {
@@ -274,5 +308,6 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Records { .. } => "Records",
         Frame::Ack { .. } => "Ack",
         Frame::Heartbeat { .. } => "Heartbeat",
+        Frame::Applied { .. } => "Applied",
     }
 }

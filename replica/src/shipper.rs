@@ -47,6 +47,9 @@ pub struct LinkState {
     pub connected: bool,
     /// Highest seq the replica has acknowledged as durable.
     pub acked: Seq,
+    /// Highest seq through which the replica's standby mail server holds every record;
+    /// `None` while the replica has not said (one that does not apply, or protocol 1).
+    pub applied: Option<Seq>,
     /// Why the last session ended, if one did.
     pub last_error: Option<String>,
 }
@@ -66,6 +69,14 @@ impl ShipperStatus {
     pub async fn wait_acked(&self, seq: Seq, limit: Duration) -> bool {
         let mut state = self.state.clone();
         let waited = tokio::time::timeout(limit, state.wait_for(|s| s.acked >= seq)).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Returns when the replica's standby has applied `seq`, or `false` after `limit`.
+    pub async fn wait_applied(&self, seq: Seq, limit: Duration) -> bool {
+        let mut state = self.state.clone();
+        let applied = |s: &LinkState| s.applied.is_some_and(|a| a >= seq);
+        let waited = tokio::time::timeout(limit, state.wait_for(applied)).await;
         matches!(waited, Ok(Ok(_)))
     }
 }
@@ -242,6 +253,11 @@ async fn stream_once(
                     metrics::gauge!(m::SHIP_LAG_RECORDS).set(journal.head().saturating_sub(seq) as f64);
                 }
                 Frame::Heartbeat { .. } => last_heard = tokio::time::Instant::now(),
+                Frame::Applied { seq } => {
+                    last_heard = tokio::time::Instant::now();
+                    state.send_modify(|s| s.applied = Some(s.applied.map_or(seq, |a| a.max(seq))));
+                    metrics::gauge!(m::SHIP_APPLIED).set(seq as f64);
+                }
                 Frame::Refused { reason } => return Err(ShipError::Refused(reason)),
                 other => return Err(ShipError::Protocol(format!("{other:?}").chars().take(80).collect())),
             },

@@ -90,6 +90,7 @@ async fn mutual_tls_requires_a_trusted_client_certificate() {
         token: None,
         client_ca: Some(&pki.client_cert),
         idle_timeout: Duration::from_secs(5),
+        applied: None,
     };
     let replica = start_replica(&pki, auth).await;
 

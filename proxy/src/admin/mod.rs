@@ -31,6 +31,8 @@ pub struct Parts {
     pub status: StatusFn,
     pub journal: Journal,
     pub replicator: Option<crate::replication::Replicator>,
+    /// Catches the primary up on mail accepted while the replica was active.
+    pub resync: Option<crate::resync::Resync>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -38,6 +40,7 @@ impl std::fmt::Debug for Parts {
         f.debug_struct("Parts")
             .field("failover", &self.failover)
             .field("replicator", &self.replicator)
+            .field("resync", &self.resync)
             .finish_non_exhaustive()
     }
 }

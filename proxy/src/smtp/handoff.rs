@@ -219,7 +219,7 @@ impl Session {
             last_reply: Some(why.to_string()),
             updated_ms: now_ms(),
         };
-        if let Err(err) = self.shared.journal.set_state(seq, &state) {
+        if let Err(err) = crate::resync::set_state(&self.shared.journal, seq, &state) {
             tracing::error!(%err, seq, "cannot record deferral; delivered at next start");
         }
         metrics::counter!(m::MESSAGES_DEFERRED).increment(1);
@@ -240,7 +240,7 @@ impl Session {
             last_reply: Some(why),
             updated_ms: now_ms(),
         };
-        if let Err(err) = self.shared.journal.set_state(seq, &state) {
+        if let Err(err) = crate::resync::set_state(&self.shared.journal, seq, &state) {
             tracing::error!(%err, seq, "cannot record delivery state");
         }
     }

@@ -92,6 +92,7 @@ pub async fn run(
         tls: Arc::new(tls),
         token,
         idle_timeout: r.idle_timeout,
+        applied: Some(apply::applied_through),
     };
     tasks.spawn(receiver::serve(
         listener,

@@ -267,6 +267,7 @@ pub struct ReplicaAuth<'a> {
     pub token: Option<Token>,
     pub client_ca: Option<&'a Path>,
     pub idle_timeout: Duration,
+    pub applied: Option<levee_replica::receiver::AppliedFn>,
 }
 
 impl<'a> ReplicaAuth<'a> {
@@ -275,6 +276,7 @@ impl<'a> ReplicaAuth<'a> {
             token: Some(pki.token()),
             client_ca: None,
             idle_timeout: Duration::from_secs(5),
+            applied: None,
         }
     }
 }
@@ -299,6 +301,7 @@ pub async fn serve_replica(
         tls: pki.server_tls(auth.client_ca),
         token: auth.token,
         idle_timeout: auth.idle_timeout,
+        applied: auth.applied,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(receiver::serve(

@@ -1,0 +1,234 @@
+//! Resync of the primary. While the replica is the active site its applier delivers every
+//! local recipient's mail there, and the primary's mail server gets none of it. Each such
+//! record goes on the journal's work list ([`Journal::resync_mark`]) as its delivery state
+//! is written, and this worker hands the local recipients' copies to the primary's MTA
+//! whenever it answers: in the background during the outage, so that the primary is
+//! caught up by the time an admin fails back, and once more, bounded, inside the failback
+//! (see `admin::switch`), which refuses to switch while the list is not empty.
+//!
+//! Delivery is at-least-once: a crash between the primary's 250 and the list update
+//! delivers that message again. The copy carries the trace header that names the record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_config::Config;
+use levee_journal::{DeliveryState, Journal, JournalError, RecordKind, Seq};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::{Attempt, Due, deliver_to};
+use crate::failover::controller::Backend;
+use crate::smtp::envelope::is_local;
+use crate::smtp::route::{BY_APPLIER, Routes};
+
+/// Records taken per pass.
+const BATCH: usize = 64;
+/// Longest wait between two tries while the primary does not take mail.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often the list is looked at when nothing wakes the worker.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Writes a delivery state, first putting the record on the primary's work list when the
+/// state says the replica's applier has its local recipients.
+pub fn set_state(journal: &Journal, seq: Seq, state: &DeliveryState) -> Result<(), JournalError> {
+    if state
+        .last_reply
+        .as_deref()
+        .is_some_and(|reply| reply.contains(BY_APPLIER))
+    {
+        journal.resync_mark(seq)?;
+    }
+    journal.set_state(seq, state)
+}
+
+/// Where the resync stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ResyncStatus {
+    /// Messages the primary has yet to receive.
+    pub pending: usize,
+    /// Copies the primary accepted since levee started.
+    pub delivered: u64,
+    /// Copies the primary refused for good (logged with the reply; not retried).
+    pub refused: u64,
+    /// Why the last try failed, while the list is not empty.
+    pub last_error: Option<String>,
+}
+
+/// A handle on the running worker; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Resync {
+    journal: Journal,
+    wake: Arc<Notify>,
+    status: watch::Receiver<ResyncStatus>,
+}
+
+impl Resync {
+    /// Starts the worker; it runs until `shutdown`.
+    pub fn start(
+        journal: Journal,
+        config: Arc<Config>,
+        routes: Routes,
+        shutdown: CancellationToken,
+    ) -> Resync {
+        let wake = Arc::new(Notify::new());
+        let pending = journal.resync_len();
+        let (tx, status) = watch::channel(ResyncStatus {
+            pending,
+            ..ResyncStatus::default()
+        });
+        let worker = Worker {
+            journal: journal.clone(),
+            config,
+            routes,
+            status: tx,
+        };
+        tokio::spawn(worker.run(wake.clone(), shutdown));
+        Resync {
+            journal,
+            wake,
+            status,
+        }
+    }
+
+    pub fn current(&self) -> ResyncStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Tries the primary now, and returns when it has every message or after `limit`.
+    pub async fn wait_clear(&self, limit: Duration) -> bool {
+        let mut status = self.status.clone();
+        let waited = tokio::time::timeout(limit, async {
+            while self.journal.resync_len() > 0 {
+                status.borrow_and_update();
+                self.wake.notify_one();
+                if status.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        waited.is_ok() && self.journal.resync_len() == 0
+    }
+}
+
+struct Worker {
+    journal: Journal,
+    config: Arc<Config>,
+    routes: Routes,
+    status: watch::Sender<ResyncStatus>,
+}
+
+impl Worker {
+    async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wait = match self.pass(&shutdown).await {
+                Ok(true) => {
+                    backoff = Duration::from_secs(1);
+                    continue;
+                }
+                Ok(false) => POLL,
+                Err(why) => {
+                    self.status.send_modify(|s| s.last_error = Some(why));
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => backoff = Duration::from_secs(1),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass over the head of the list: `Ok(true)` when it took some off and there may
+    /// be more, `Ok(false)` when the list is empty, `Err` when the primary did not take mail.
+    async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, String> {
+        let pending = self.journal.resync_pending(BATCH).map_err(|e| e.to_string())?;
+        let publish = |journal: &Journal, status: &watch::Sender<ResyncStatus>| {
+            let left = journal.resync_len();
+            status.send_modify(|s| {
+                s.pending = left;
+                if left == 0 {
+                    s.last_error = None;
+                }
+            });
+        };
+        if pending.is_empty() {
+            publish(&self.journal, &self.status);
+            return Ok(false);
+        }
+        metrics::gauge!(crate::metrics::RESYNC_PENDING).set(self.journal.resync_len() as f64);
+        for seq in pending {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let outcome = self.copy(seq).await;
+            match outcome {
+                Ok(Some(Attempt::Delivered(_))) => {
+                    self.status.send_modify(|s| s.delivered += 1);
+                    metrics::counter!(crate::metrics::RESYNC_DELIVERED).increment(1);
+                }
+                Ok(Some(Attempt::Refused(reply))) => {
+                    tracing::error!(seq, %reply, "the primary refused a message the replica has; not retried");
+                    self.status.send_modify(|s| s.refused += 1);
+                }
+                Ok(None | Some(Attempt::Applier)) => {}
+                Ok(Some(Attempt::Temporary(why) | Attempt::Unreachable(why))) | Err(why) => {
+                    publish(&self.journal, &self.status);
+                    self.flush().await;
+                    return Err(format!("record {seq}: {why}"));
+                }
+            }
+            self.journal
+                .resync_done(seq)
+                .map_err(|e| format!("record {seq}: {e}"))?;
+        }
+        self.flush().await;
+        publish(&self.journal, &self.status);
+        metrics::gauge!(crate::metrics::RESYNC_PENDING).set(self.journal.resync_len() as f64);
+        Ok(true)
+    }
+
+    /// Hands the local recipients' copy of `seq` to the primary; `None` when there is
+    /// nothing to hand (not a message, or no local recipient).
+    async fn copy(&self, seq: Seq) -> Result<Option<Attempt>, String> {
+        let record = self.journal.get(seq).map_err(|e| e.to_string())?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let RecordKind::Message(message) = record.kind else {
+            return Ok(None);
+        };
+        let domains = &self.config.smtp.local_domains;
+        let local: Vec<String> = (message.rcpt_to.iter())
+            .filter(|rcpt| is_local(domains, rcpt))
+            .cloned()
+            .collect();
+        if local.is_empty() {
+            return Ok(None);
+        }
+        let due = Due {
+            seq,
+            chain: record.chain,
+            accepted_ms: record.time_ms,
+            message,
+        };
+        let rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
+        let attempt = deliver_to(&self.config, &self.routes, Backend::Primary, &due, &rcpts).await;
+        if matches!(attempt, Attempt::Delivered(_)) {
+            tracing::info!(seq, "message accepted while the replica was active copied to the primary");
+        }
+        Ok(Some(attempt))
+    }
+
+    /// Makes the list's removals durable (at worst a message is copied twice).
+    async fn flush(&self) {
+        if let Err(err) = self.journal.flush().await {
+            tracing::warn!(%err, "cannot flush the primary's resync progress");
+        }
+    }
+}
