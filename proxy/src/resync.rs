@@ -147,7 +147,10 @@ impl Worker {
     /// One pass over the head of the list: `Ok(true)` when it took some off and there may
     /// be more, `Ok(false)` when the list is empty, `Err` when the primary did not take mail.
     async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, String> {
-        let pending = self.journal.resync_pending(BATCH).map_err(|e| e.to_string())?;
+        let pending = self
+            .journal
+            .resync_pending(BATCH)
+            .map_err(|e| e.to_string())?;
         let publish = |journal: &Journal, status: &watch::Sender<ResyncStatus>| {
             let left = journal.resync_len();
             status.send_modify(|s| {
@@ -220,7 +223,10 @@ impl Worker {
         let rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
         let attempt = deliver_to(&self.config, &self.routes, Backend::Primary, &due, &rcpts).await;
         if matches!(attempt, Attempt::Delivered(_)) {
-            tracing::info!(seq, "message accepted while the replica was active copied to the primary");
+            tracing::info!(
+                seq,
+                "message accepted while the replica was active copied to the primary"
+            );
         }
         Ok(Some(attempt))
     }

@@ -56,10 +56,18 @@ async fn the_primary_learns_how_far_the_standby_has_applied() {
     assert!(!status.wait_applied(1, Duration::from_millis(300)).await);
 
     set_progress(&replica.journal, 12);
-    assert!(status.wait_applied(12, LIMIT).await, "{:?}", status.current());
+    assert!(
+        status.wait_applied(12, LIMIT).await,
+        "{:?}",
+        status.current()
+    );
     assert!(!status.wait_applied(13, Duration::from_millis(300)).await);
     set_progress(&replica.journal, 20);
-    assert!(status.wait_applied(20, LIMIT).await, "{:?}", status.current());
+    assert!(
+        status.wait_applied(20, LIMIT).await,
+        "{:?}",
+        status.current()
+    );
     assert_eq!(status.current().applied, Some(20));
     stop.cancel();
 }

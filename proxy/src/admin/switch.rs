@@ -43,7 +43,9 @@ pub(super) async fn switch(
         failover.set_draining(true);
         let limit = state.drain_timeout;
         let ready = match (to, &state.parts.replicator, &state.parts.resync) {
-            (Backend::Replica, Some(replicator), _) => drain(replicator, journal.head(), limit).await,
+            (Backend::Replica, Some(replicator), _) => {
+                drain(replicator, journal.head(), limit).await
+            }
             (Backend::Primary, _, Some(resync)) => catch_up_primary(resync, limit).await,
             _ => Ok(serde_json::Value::Null),
         };
