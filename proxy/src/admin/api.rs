@@ -45,6 +45,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/switchover", post(switchover))
         .route("/v1/failback", post(failback))
         .route("/v1/audit", get(audit_log))
+        .merge(super::console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod commands;
+mod console;
 pub mod limiter;
 pub mod listener;
 mod switch;
