@@ -318,10 +318,12 @@ fn primary_status(
                 "primary_resync": resync.as_ref().map(resync::Resync::current),
             })
         });
+        let (smtp, imap) = listen::open_sessions();
         serde_json::json!({
             "role": "primary",
             "node": node,
             "journal_head": head,
+            "sessions": { "smtp": smtp, "imap": imap },
             "replication": replication,
             "failover": failover,
         })

@@ -18,6 +18,43 @@ use tracing::Instrument;
 use crate::metrics as m;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+static OPEN_SMTP: AtomicU64 = AtomicU64::new(0);
+static OPEN_IMAP: AtomicU64 = AtomicU64::new(0);
+
+/// Client sessions open now in this process, by protocol: (SMTP, IMAP).
+pub fn open_sessions() -> (u64, u64) {
+    (
+        OPEN_SMTP.load(Ordering::Relaxed),
+        OPEN_IMAP.load(Ordering::Relaxed),
+    )
+}
+
+/// Counts one open session of `proto` for as long as it lives, however the task ends.
+struct Open {
+    proto: &'static str,
+    count: &'static AtomicU64,
+}
+
+impl Open {
+    fn new(proto: &'static str) -> Open {
+        let count = if proto == "imap" {
+            &OPEN_IMAP
+        } else {
+            &OPEN_SMTP
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => proto).increment(1.0);
+        metrics::counter!(m::SESSIONS_TOTAL, "proto" => proto).increment(1);
+        Open { proto, count }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => self.proto).decrement(1.0);
+    }
+}
 
 /// A new client with its slot and session id.
 #[derive(Debug)]
@@ -71,10 +108,9 @@ pub fn spawn_session<F>(
     while sessions.try_join_next().is_some() {}
     sessions.spawn(
         async move {
-            metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => proto).increment(1.0);
-            metrics::counter!(m::SESSIONS_TOTAL, "proto" => proto).increment(1);
+            let open = Open::new(proto);
             session.await;
-            metrics::gauge!(m::SESSIONS_ACTIVE, "proto" => proto).decrement(1.0);
+            drop(open);
             drop(permit);
         }
         .instrument(span),

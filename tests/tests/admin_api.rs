@@ -106,6 +106,19 @@ fn admin_api_enforces_tokens_and_switches_once() {
     assert_eq!(status["body"]["role"], "primary", "{status}");
     let before = active(&status["body"]);
     assert_eq!(before.0, "primary", "{status}");
+    // Sessions by protocol: this request is none of them.
+    assert_eq!(status["body"]["sessions"]["imap"], 0, "{status}");
+    assert!(status["body"]["sessions"]["smtp"].is_u64(), "{status}");
+
+    // Prometheus metrics on the same listener, for the same tokens.
+    assert_eq!(api.status_code(None, "GET", "/metrics", None), 401);
+    let metrics = api.call(view, "GET", "/metrics", None);
+    assert_eq!(metrics["status"], 200, "{metrics}");
+    let text = metrics["body"].as_str().unwrap_or_default();
+    assert!(
+        text.lines().any(|l| l.starts_with("levee_epoch ")),
+        "{text}"
+    );
 
     // Switching needs an operator: nothing changes otherwise.
     let switch = r#"{"to": "replica", "reason": "drill"}"#;
@@ -377,7 +390,7 @@ fn admin_api_enforces_tokens_and_switches_once() {
     };
     assert_eq!(
         count("admin-refused", "unknown@127.0.0.1"),
-        10,
+        11,
         "{audits:?}"
     );
     assert_eq!(count("admin-refused", "dashboard"), 2, "{audits:?}");

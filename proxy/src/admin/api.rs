@@ -1,4 +1,5 @@
-//! The admin API: `GET /v1/status` and `GET /v1/audit?before=&limit=` (viewer),
+//! The admin API: `GET /v1/status`, `GET /v1/audit?before=&limit=` and `GET /metrics`
+//! (Prometheus text) (viewer),
 //! `POST /v1/switchover {to, reason}` and
 //! `POST /v1/failback {reason}` (operator). Every request carries
 //! `Authorization: Bearer <token>`; every refused one (no token, a wrong one, too weak a
@@ -45,6 +46,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/switchover", post(switchover))
         .route("/v1/failback", post(failback))
         .route("/v1/audit", get(audit_log))
+        .route("/metrics", get(metrics))
         .merge(super::console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -185,6 +187,22 @@ async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, peer, &headers, Role::Viewer, "status").await?;
     Ok(Json((state.parts.status)()))
+}
+
+async fn metrics(
+    State(state): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, peer, &headers, Role::Viewer, "metrics").await?;
+    let Some(handle) = crate::metrics::handle() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not recorded in this process",
+        ));
+    };
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    Ok(([(header::CONTENT_TYPE, content_type)], handle.render()).into_response())
 }
 
 /// Audit records per page unless asked, and at most.

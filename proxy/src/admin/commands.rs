@@ -110,6 +110,13 @@ pub fn status_table(s: &Value) -> String {
         ("role", text(&s["role"])),
         ("journal head", text(&s["journal_head"])),
     ];
+    if s["sessions"].is_object() {
+        let n = &s["sessions"];
+        rows.push((
+            "sessions",
+            format!("IMAP {}, SMTP {}", text(&n["imap"]), text(&n["smtp"])),
+        ));
+    }
     if f.is_object() {
         rows.push(("active site", text(&f["active"]["backend"])));
         rows.push(("epoch", text(&f["active"]["epoch"])));
@@ -117,6 +124,13 @@ pub fn status_table(s: &Value) -> String {
         rows.push(("primary", health(&h["primary_ok"], &h["primary_error"])));
         rows.push(("replica", health(&h["replica_ok"], &h["replica_error"])));
         rows.push(("last transition", text(&h["last_transition"])));
+        let resync = &f["primary_resync"];
+        if resync.is_object() {
+            rows.push((
+                "primary resync",
+                format!("{} message(s) to copy back", text(&resync["pending"])),
+            ));
+        }
     } else {
         rows.push(("active site", "primary (no replica site configured)".into()));
     }
@@ -141,6 +155,7 @@ pub fn status_table(s: &Value) -> String {
                 text(&r["lag_seconds"])
             ),
         ));
+        rows.push(("replica applied", text(&r["applied_seq"])));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
@@ -156,12 +171,15 @@ mod tests {
     fn the_status_table_shows_what_an_admin_looks_for() {
         let status = json!({
             "node": "levee-1", "role": "primary", "journal_head": 42,
+            "sessions": {"imap": 7, "smtp": 2},
             "failover": {
                 "active": {"backend": "replica", "epoch": 3},
                 "health": {"primary_ok": false, "primary_error": "IMAP: connection refused",
-                           "replica_ok": true, "replica_error": null, "last_transition": null}
+                           "replica_ok": true, "replica_error": null, "last_transition": null},
+                "primary_resync": {"pending": 5}
             },
-            "replication": {"mode": "sync", "connected": true, "lag_records": 0, "lag_seconds": 0.0}
+            "replication": {"mode": "sync", "connected": true, "lag_records": 0, "lag_seconds": 0.0,
+                            "applied_seq": 40}
         });
         let table = status_table(&status);
         for want in [
@@ -171,6 +189,9 @@ mod tests {
             "replica          ok\n",
             "replication      sync, connected\n",
             "last transition  -\n",
+            "sessions         IMAP 7, SMTP 2\n",
+            "primary resync   5 message(s) to copy back\n",
+            "replica applied  40\n",
         ] {
             assert!(table.contains(want), "{want:?} missing from\n{table}");
         }
