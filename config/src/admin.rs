@@ -27,6 +27,10 @@ pub struct Admin {
     /// at most for the replica to hold every record; past it, nothing switches.
     #[serde(with = "humantime_serde", default = "default_drain_timeout")]
     pub drain_timeout: Duration,
+    /// A CA (PEM) whose client certificates the listener requires, on top of a token: a
+    /// connection without one signed by this CA ends in the TLS handshake.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

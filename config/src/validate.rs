@@ -211,6 +211,13 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
         file_exists(&mut push, "admin.tokens", Some(&admin.tokens));
+        file_exists(&mut push, "admin.client_ca", admin.client_ca.as_ref());
+        if admin.client_ca.is_some() && admin.tls == crate::AdminTls::None {
+            push(
+                "admin.client_ca".into(),
+                "client certificates need tls = \"implicit\"".into(),
+            );
+        }
         if admin.max_failures == 0 || admin.failure_window.is_zero() {
             push(
                 "admin.max_failures".into(),

@@ -198,6 +198,25 @@ fn admin_section_is_checked() {
         &dir.path().join("missing"),
     ));
     assert!(errs.iter().any(|e| e.contains("admin.tokens")), "{errs:?}");
+    // Client certificates: the CA file must exist, and they need TLS.
+    let with_ca = |tls: &str, ca: &std::path::Path| {
+        format!(
+            "{}client_ca = \"{}\"\n",
+            admin("127.0.0.1:8443", tls, &tokens),
+            ca.display()
+        )
+    };
+    let errs = problems(&with_ca("none", &dir.path().join("no-ca.pem")));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("admin.client_ca") && e.contains("not a readable file")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("admin.client_ca") && e.contains("implicit")),
+        "{errs:?}"
+    );
     let errs = problems(&admin("127.0.0.1:8443", "plain", &tokens));
     assert!(errs.iter().any(|e| e.contains("plain")), "{errs:?}");
 }

@@ -216,7 +216,15 @@ pub async fn run(
             failover.clone(),
             resync.clone(),
         );
-        let (admin, tls, stop) = (admin.clone(), shared.tls.clone(), shutdown.clone());
+        let tls = match (&admin.client_ca, &config.tls) {
+            (Some(ca), Some(files)) => Some(tls::acceptor_requiring_clients(
+                &files.cert,
+                &files.key,
+                ca,
+            )?),
+            _ => shared.tls.clone(),
+        };
+        let (admin, stop) = (admin.clone(), shutdown.clone());
         let parts = admin::Parts {
             failover: failover.clone(),
             status,

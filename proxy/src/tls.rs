@@ -26,6 +26,16 @@ pub fn acceptor_from_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsEr
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// An acceptor that also requires a client certificate signed by the CA in `client_ca`.
+pub fn acceptor_requiring_clients(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<TlsAcceptor, TlsError> {
+    let config = levee_replica::tls::server_config(cert, key, Some(client_ca))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Writes a fresh self-signed certificate and key for `names` as PEM files into `dir`,
 /// returning their paths.
 pub fn write_self_signed(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 /// Longest a request may take, connection included.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -34,8 +34,14 @@ pub enum ClientError {
 
 impl AdminClient {
     /// `server` is `https://host:port` (or `http://` for a loopback listener with
-    /// `tls = "none"`); the token is the first line of `token_file`.
-    pub fn new(server: &str, token_file: &Path, ca: Option<&Path>) -> Result<Self, ClientError> {
+    /// `tls = "none"`); the token is the first line of `token_file`; `identity` is a client
+    /// certificate and its key (PEM files) for a listener that requires one.
+    pub fn new(
+        server: &str,
+        token_file: &Path,
+        ca: Option<&Path>,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Self, ClientError> {
         let setup = |m: String| ClientError::Setup(m);
         let token = std::fs::read_to_string(token_file)
             .map_err(|e| setup(format!("reading {}: {e}", token_file.display())))?
@@ -54,6 +60,9 @@ impl AdminClient {
             let cert = Certificate::from_pem(&pem)
                 .map_err(|e| setup(format!("{}: not a PEM certificate: {e}", ca.display())))?;
             tls = tls.root_certs(RootCerts::Specific(Arc::new(vec![cert])));
+        }
+        if let Some((cert, key)) = identity {
+            tls = tls.client_cert(Some(client_cert(cert, key)?));
         }
         let config = ureq::Agent::config_builder()
             .tls_config(tls.build())
@@ -86,6 +95,30 @@ impl AdminClient {
             .send_json(body);
         answer(&url, sent)
     }
+}
+
+/// A certificate chain and its key from PEM files; the key's bytes never reach a message.
+fn client_cert(cert: &Path, key: &Path) -> Result<ClientCert, ClientError> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| ClientError::Setup(format!("reading {}: {e}", path.display())))
+    };
+    let pem = read(cert)?;
+    let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if chain.is_empty() {
+        return Err(ClientError::Setup(format!(
+            "{}: no PEM certificate in it",
+            cert.display()
+        )));
+    }
+    let key = PrivateKey::from_pem(&read(key)?)
+        .map_err(|_| ClientError::Setup(format!("{}: not a PEM private key", key.display())))?;
+    Ok(ClientCert::new_with_certs(&chain, key))
 }
 
 fn answer(

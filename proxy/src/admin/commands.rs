@@ -21,13 +21,38 @@ pub struct Remote {
     /// Trust this CA (PEM) for the server's certificate instead of the system's roots.
     #[arg(long, env = "LEVEE_ADMIN_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// A client certificate (PEM, chain first) for a listener that requires one.
+    #[arg(
+        long,
+        env = "LEVEE_ADMIN_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "LEVEE_ADMIN_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Print the API's JSON answer.
     #[arg(long)]
     pub json: bool,
 }
 
 fn connect(remote: &Remote) -> Result<AdminClient, ClientError> {
-    AdminClient::new(&remote.server, &remote.token_file, remote.ca.as_deref())
+    let identity = remote
+        .client_cert
+        .as_deref()
+        .zip(remote.client_key.as_deref());
+    AdminClient::new(
+        &remote.server,
+        &remote.token_file,
+        remote.ca.as_deref(),
+        identity,
+    )
 }
 
 fn fail(what: &str, err: &ClientError, json: bool) -> ExitCode {
