@@ -13,7 +13,9 @@ use crate::failover::controller::Backend;
 impl Session {
     /// Handles what the framer found in the client's bytes.
     pub(super) fn take_client_messages(&mut self, pump: &mut Pump) {
-        while !pump.closing {
+        // While levee lists a mailbox just selected, the client's next commands wait: their
+        // message numbers can only be mapped once the listing is in.
+        while !pump.closing && self.listing.is_none() {
             let Some(event) = self.framer.next_event() else {
                 return;
             };
@@ -115,6 +117,7 @@ impl Session {
             }
             CommandBody::Select { mailbox, .. } | CommandBody::Examine { mailbox, .. } => {
                 self.translation = None;
+                self.seqmap = None;
                 if self.backend == Backend::Replica {
                     self.translate_next = Some(super::identity::mailbox_name(mailbox));
                 }
@@ -127,5 +130,8 @@ impl Session {
         }
         let message = self.translated(&command).unwrap_or(message);
         self.send_upstream(message);
+        if self.translate_next.is_some() {
+            self.request_listing();
+        }
     }
 }

@@ -12,8 +12,9 @@ use levee_journal::{MailboxChange, MessageRef};
 use super::changes::Change;
 use super::framing::ClientMessage;
 use super::rewrite;
+use super::seqmap::{LISTING, SeqMap, listed_uids};
 use super::session::{Pump, Session};
-use super::state::Finished;
+use super::state::{Finished, tagged_status};
 use super::uidmap::{Catalogue, Translation};
 use crate::failover::controller::Backend;
 
@@ -37,6 +38,7 @@ impl Session {
             Finished::Deselected => {
                 self.following = None;
                 self.translation = None;
+                self.seqmap = None;
             }
             Finished::Changed(change) if self.backend == Backend::Primary => {
                 self.journal_change(change);
@@ -92,13 +94,59 @@ impl Session {
         registry.record(&login.user, change);
     }
 
-    /// The command as the replica must see it, when it names UIDs.
+    /// The command as the replica must see it, when it names UIDs or message numbers.
     pub(super) fn translated(&self, command: &Command<'_>) -> Option<ClientMessage> {
-        rewrite::command(command, self.translation.as_deref()?)
+        rewrite::command(
+            command,
+            self.translation.as_deref()?,
+            self.seqmap.as_deref(),
+        )
     }
 
-    /// The response head as the client must see it, when it names UIDs.
-    pub(super) fn translated_head(&self, line: &[u8]) -> Option<Vec<u8>> {
+    /// Lists the mailbox just selected on the replica (behind the SELECT, on the same
+    /// connection), so that its numbering can be mapped; the client's next commands wait.
+    pub(super) fn request_listing(&mut self) {
+        let tag = LISTING_TAG.to_string();
+        let line = format!("{tag} {LISTING}\r\n");
+        self.send_upstream(ClientMessage {
+            bytes: line.into_bytes(),
+            sync_points: Vec::new(),
+        });
+        self.listing = Some(Box::new(Listing { tag, uids: None }));
+    }
+
+    /// Takes the responses to levee's listing (the client never sees them); `true` when
+    /// `line` was one. When it completes, the numbering is set up and the client's waiting
+    /// commands go on.
+    pub(super) fn listing_response(&mut self, pump: &mut Pump, line: &[u8]) -> bool {
+        let Some(listing) = self.listing.as_deref_mut() else {
+            return false;
+        };
+        if let Some(uids) = listed_uids(line, &listing.tag) {
+            listing.uids = Some(uids);
+            return true;
+        }
+        match tagged_status(line) {
+            Some((tag, _)) if tag == listing.tag => {}
+            _ => return false,
+        }
+        let uids = self.listing.take().and_then(|l| l.uids);
+        self.seqmap = match (&self.translation, uids) {
+            (Some(t), Some(uids)) => SeqMap::new(t, &uids, 0).map(Box::new),
+            (Some(t), None) if !t.ordered => {
+                tracing::warn!(
+                    "the replica did not list the mailbox; message numbers may differ from the client's"
+                );
+                None
+            }
+            _ => None,
+        };
+        self.take_client_messages(pump);
+        true
+    }
+
+    /// The response head as the client must see it, when it names UIDs or numbers.
+    pub(super) fn translated_head(&mut self, line: &[u8]) -> Option<Vec<u8>> {
         if self.backend == Backend::Replica
             && line.len() > 9
             && line[..9].eq_ignore_ascii_case(b"* STATUS ")
@@ -108,7 +156,15 @@ impl Session {
             return rewrite::status_head(line, |mailbox| registry.built_translation(user, mailbox));
         }
         let translation = self.translation.as_deref()?;
-        rewrite::response_head(line, translation, self.state.uid_search_in_flight())
+        let uid_search = self.state.uid_search_in_flight();
+        let numbered = match self.seqmap.as_deref_mut() {
+            Some(map) => map.response_head(line, !uid_search),
+            None => None,
+        };
+        match rewrite::response_head(numbered.as_deref().unwrap_or(line), translation, uid_search) {
+            Some(rewritten) => Some(rewritten),
+            None => numbered,
+        }
     }
 
     /// Looks up (or builds) the translation for `mailbox` on the replica.
@@ -121,14 +177,19 @@ impl Session {
         self.shared.registry.translation(login, mailbox, addr).await
     }
 
-    /// After a move to the replica with a mailbox selected: translate from now on, and
-    /// expunge (for the client) the messages it knew that the replica does not have.
-    pub(super) async fn arrive(&mut self, pump: &mut Pump) {
+    /// After a move to the replica with a mailbox selected: translate from now on (with
+    /// `listed`, the replica's UIDs right after the new SELECT, numbers too), and expunge
+    /// (for the client) the messages it knew that the replica does not have.
+    pub(super) async fn arrive(&mut self, pump: &mut Pump, listed: Option<Vec<u32>>) {
         self.translation = None;
+        self.seqmap = None;
         let Some(name) = self.state.selected_name() else {
             return;
         };
         self.translation = self.translation_for(&name).await;
+        if let (Some(t), Some(listed)) = (&self.translation, &listed) {
+            self.seqmap = SeqMap::new(t, listed, 0).map(Box::new);
+        }
         let (Some(translation), Some(login)) = (&self.translation, &self.state.login) else {
             return;
         };
@@ -150,6 +211,16 @@ impl Session {
         }
     }
 }
+
+/// levee's own listing of a mailbox on the replica, under way.
+#[derive(Debug)]
+pub(super) struct Listing {
+    tag: String,
+    uids: Option<Vec<u32>>,
+}
+
+/// The tag of levee's listing (one at a time per session).
+const LISTING_TAG: &str = "levee.list";
 
 /// The messages a COPY names, by UID or by sequence number, as the journal names them.
 fn resolve(catalogue: &Catalogue, set: &SequenceSet, uid: bool) -> Vec<MessageRef> {

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::framing::ClientMessage;
 use super::responses::ResponseScanner;
+use super::seqmap::{LISTING, listed_uids};
 use super::session::{Pump, Session};
 use super::state::{SessionState, Status, tagged_status};
 use crate::failover::controller::Backend;
@@ -35,13 +36,17 @@ pub struct Rebuilt {
     /// The tag levee used for IDLE on the new server (its completion goes to the client
     /// under the client's own IDLE tag).
     pub idle_tag: Option<String>,
+    /// With `list`: the selected mailbox's UIDs right after the SELECT.
+    pub listed: Option<Vec<u32>>,
 }
 
-/// Opens a session on `addr` that matches `state`.
+/// Opens a session on `addr` that matches `state`; with `list`, also lists the selected
+/// mailbox's UIDs (for [`super::seqmap::SeqMap`]).
 pub async fn rebuild(
     addr: SocketAddr,
     state: &SessionState,
     limit: Duration,
+    list: bool,
 ) -> Result<Rebuilt, String> {
     let work = async {
         let stream = TcpStream::connect(addr)
@@ -91,6 +96,23 @@ pub async fn rebuild(
                 .into_iter()
                 .find(|l| l.trim_end().to_ascii_uppercase().ends_with(" EXISTS"));
         }
+        let mut listed = None;
+        if list && state.selected.is_some() {
+            // A server without ESEARCH says BAD: then the numbers go unmapped.
+            if let Ok((tag, untagged)) = conn.run_line(LISTING).await {
+                listed = untagged
+                    .iter()
+                    .find_map(|line| listed_uids(line.as_bytes(), &tag));
+                // A message that arrived meanwhile: the client hears of it too.
+                if let Some(line) = untagged
+                    .iter()
+                    .rev()
+                    .find(|l| l.trim_end().to_ascii_uppercase().ends_with(" EXISTS"))
+                {
+                    exists = Some(line.clone());
+                }
+            }
+        }
         let mut idle_tag = None;
         if state.idling.is_some() {
             let tag = conn.send(CommandBody::Idle).await?;
@@ -106,6 +128,7 @@ pub async fn rebuild(
             leftover,
             exists,
             idle_tag,
+            listed,
         })
     };
     tokio::time::timeout(limit, work)
@@ -157,9 +180,27 @@ impl Conn {
         Ok(tag)
     }
 
+    /// Sends a command levee wrote as text; returns its tag and untagged lines.
+    async fn run_line(&mut self, text: &str) -> Result<(String, Vec<String>), String> {
+        self.next += 1;
+        let tag = format!("levee{}", self.next);
+        self.stream
+            .get_mut()
+            .write_all(format!("{tag} {text}\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let untagged = self.complete(&tag).await?;
+        Ok((tag, untagged))
+    }
+
     /// Sends a command and reads up to its completion; returns the untagged lines.
     async fn run(&mut self, body: CommandBody<'_>) -> Result<Vec<String>, String> {
         let tag = self.send(body).await?;
+        self.complete(&tag).await
+    }
+
+    /// Reads up to the completion of `tag`; the untagged lines on the way.
+    async fn complete(&mut self, tag: &str) -> Result<Vec<String>, String> {
         let mut untagged = Vec::new();
         for _ in 0..MAX_LINES {
             let line = self.line().await?;
@@ -178,7 +219,10 @@ impl Session {
     /// bytes waiting to go upstream, no message half-read from the client.
     pub(super) fn can_migrate(&self) -> bool {
         let idle = usize::from(self.state.idling.is_some());
-        self.state.in_flight() <= idle && self.up_out.is_empty() && !self.framer.mid_message()
+        self.state.in_flight() <= idle
+            && self.up_out.is_empty()
+            && !self.framer.mid_message()
+            && self.listing.is_none()
     }
 
     /// Moves the session to the active backend (planned: nothing in flight).
@@ -198,6 +242,8 @@ impl Session {
         self.up_out.clear();
         self.up_out_bytes = 0;
         self.idle_alias = None;
+        // The new connection's SELECT is listed as part of the move.
+        self.listing = None;
         if self.scanner.mid_response() {
             // The client holds part of a response (inside a literal, say): nothing levee
             // could send now would be read as IMAP.
@@ -232,6 +278,8 @@ impl Session {
         for (_, message) in again {
             self.client_message(pump, message);
         }
+        // Commands that waited for a listing on the lost connection.
+        self.take_client_messages(pump);
     }
 
     /// Moves to whichever backend is active once the failover controller has had time to
@@ -271,7 +319,7 @@ impl Session {
         // none of them in time).
         let shared = self.shared.clone();
         let turn = shared.rebuilds.acquire().await;
-        let rebuilt = rebuild(addr, &self.state, limit).await;
+        let rebuilt = rebuild(addr, &self.state, limit, target == Backend::Replica).await;
         drop(turn);
         match rebuilt {
             Ok(rebuilt) => {
@@ -280,7 +328,7 @@ impl Session {
                 self.up_write = write;
                 self.scanner = ResponseScanner::default();
                 self.backend = target;
-                self.arrive(pump).await;
+                self.arrive(pump, rebuilt.listed).await;
                 if let Some(exists) = rebuilt.exists {
                     pump.say(exists.as_bytes());
                 }

@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod registry;
 pub mod responses;
 pub mod rewrite;
+pub mod seqmap;
 pub mod session;
 pub mod state;
 pub mod tracker;

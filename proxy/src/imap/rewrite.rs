@@ -11,41 +11,57 @@ use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::imap_types::command::{Command, CommandBody};
 use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::imap_types::search::SearchKey;
-use imap_codec::imap_types::sequence::SequenceSet;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use super::framing::ClientMessage;
+use super::seqmap::SeqMap;
 use super::uidmap::Translation;
 
-/// The command with its UID sets in the replica's terms, or `None` when it has none.
-pub fn command(command: &Command<'_>, t: &Translation) -> Option<ClientMessage> {
+/// The command with its UID sets, and with `seq` its message numbers, in the replica's
+/// terms, or `None` when it has neither.
+pub fn command(
+    command: &Command<'_>,
+    t: &Translation,
+    seq: Option<&SeqMap>,
+) -> Option<ClientMessage> {
     let mut command = command.clone();
     let changed = match &mut command.body {
         CommandBody::Fetch {
-            sequence_set,
-            uid: true,
-            ..
+            sequence_set, uid, ..
         }
         | CommandBody::Store {
-            sequence_set,
-            uid: true,
-            ..
+            sequence_set, uid, ..
         }
         | CommandBody::Copy {
-            sequence_set,
-            uid: true,
-            ..
+            sequence_set, uid, ..
         }
         | CommandBody::Move {
-            sequence_set,
-            uid: true,
-            ..
-        }
-        | CommandBody::ExpungeUid { sequence_set } => {
+            sequence_set, uid, ..
+        } => match (*uid, seq) {
+            (true, _) => {
+                *sequence_set = t.to_replica(sequence_set);
+                true
+            }
+            (false, Some(seq)) => {
+                *sequence_set = seq.set_to_server(sequence_set);
+                true
+            }
+            (false, None) => false,
+        },
+        CommandBody::ExpungeUid { sequence_set } => {
             *sequence_set = t.to_replica(sequence_set);
             true
         }
-        CommandBody::Search { criteria, .. } => {
-            let (keys, changed) = search_keys(criteria.clone().into_inner(), t);
+        CommandBody::Search { criteria, .. }
+        | CommandBody::Sort {
+            search_criteria: criteria,
+            ..
+        }
+        | CommandBody::Thread {
+            search_criteria: criteria,
+            ..
+        } => {
+            let (keys, changed) = search_keys(criteria.clone().into_inner(), t, seq);
             if let Ok(keys) = keys.try_into() {
                 *criteria = keys;
             }
@@ -56,12 +72,16 @@ pub fn command(command: &Command<'_>, t: &Translation) -> Option<ClientMessage> 
     changed.then(|| encode(&command))
 }
 
-fn search_keys<'a>(keys: Vec<SearchKey<'a>>, t: &Translation) -> (Vec<SearchKey<'a>>, bool) {
+fn search_keys<'a>(
+    keys: Vec<SearchKey<'a>>,
+    t: &Translation,
+    seq: Option<&SeqMap>,
+) -> (Vec<SearchKey<'a>>, bool) {
     let mut changed = false;
     let keys = keys
         .into_iter()
         .map(|key| {
-            let (key, c) = search_key(key, t);
+            let (key, c) = search_key(key, t, seq);
             changed |= c;
             key
         })
@@ -69,23 +89,31 @@ fn search_keys<'a>(keys: Vec<SearchKey<'a>>, t: &Translation) -> (Vec<SearchKey<
     (keys, changed)
 }
 
-fn search_key<'a>(key: SearchKey<'a>, t: &Translation) -> (SearchKey<'a>, bool) {
+fn search_key<'a>(
+    key: SearchKey<'a>,
+    t: &Translation,
+    seq: Option<&SeqMap>,
+) -> (SearchKey<'a>, bool) {
     match key {
         SearchKey::Uid(set) => (SearchKey::Uid(t.to_replica(&set)), true),
+        SearchKey::SequenceSet(set) => match seq {
+            Some(seq) => (SearchKey::SequenceSet(seq.set_to_server(&set)), true),
+            None => (SearchKey::SequenceSet(set), false),
+        },
         SearchKey::And(keys) => {
-            let (inner, changed) = search_keys(keys.clone().into_inner(), t);
+            let (inner, changed) = search_keys(keys.clone().into_inner(), t, seq);
             match inner.try_into() {
                 Ok(inner) => (SearchKey::And(inner), changed),
                 Err(_) => (SearchKey::And(keys), false),
             }
         }
         SearchKey::Not(inner) => {
-            let (inner, changed) = search_key(*inner, t);
+            let (inner, changed) = search_key(*inner, t, seq);
             (SearchKey::Not(Box::new(inner)), changed)
         }
         SearchKey::Or(a, b) => {
-            let (a, ca) = search_key(*a, t);
-            let (b, cb) = search_key(*b, t);
+            let (a, ca) = search_key(*a, t, seq);
+            let (b, cb) = search_key(*b, t, seq);
             (SearchKey::Or(Box::new(a), Box::new(b)), ca | cb)
         }
         other => (other, false),
@@ -129,6 +157,10 @@ pub fn response_head(line: &[u8], t: &Translation, uid_search: bool) -> Option<V
         [_, "OK", code, ..] if code.starts_with("[COPYUID") => copyuid(text, t),
         ["*", n, "FETCH", ..] if n.bytes().all(|b| b.is_ascii_digit()) => fetch(text, t),
         ["*", "SEARCH", ..] if uid_search => Some(search(text, t)),
+        ["*", "SORT", ..] if uid_search => Some(each_number(text, "* SORT", |u| t.presented(u))),
+        ["*", "THREAD", ..] if uid_search => {
+            Some(each_number(text, "* THREAD", |u| t.presented(u)))
+        }
         ["*", "VANISHED", ..] => vanished(text, t),
         ["*", "ESEARCH", ..] if upper.contains(" UID") => esearch(text, t),
         _ => None,
@@ -236,6 +268,34 @@ fn search(text: &str, t: &Translation) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Every number after `prefix` mapped where it stands (`* SORT 3 1 2`, `* THREAD (2)(3 6
+/// (4 23))`); a number `map` does not know is left as it is.
+pub fn each_number(text: &str, prefix: &str, map: impl Fn(u32) -> Option<u32>) -> Vec<u8> {
+    let (head, rest) = text.split_at(prefix.len().min(text.len()));
+    let mut out = String::with_capacity(text.len());
+    out.push_str(head);
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if !digits.is_empty() {
+            match digits.parse().ok().and_then(&map) {
+                Some(n) => out.push_str(&n.to_string()),
+                None => out.push_str(digits),
+            }
+            digits.clear();
+        }
+    };
+    for c in rest.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut digits, &mut out);
+    out.into_bytes()
+}
+
 /// `* VANISHED [(EARLIER)] set`.
 fn vanished(text: &str, t: &Translation) -> Option<Vec<u8>> {
     let body = text.trim_end();
@@ -253,8 +313,46 @@ fn copyuid(text: &str, t: &Translation) -> Option<Vec<u8>> {
     let validity = parts.next()?;
     let source = parts.next()?;
     let tail = parts.next()?;
-    let source = translate_set(source, t)?;
+    let source = translate_in_order(source, t)?;
     Some(format!("{}{validity} {source} {tail}", &text[..at]).into_bytes())
+}
+
+/// A UID list whose order matters (COPYUID pairs its source and destination lists by
+/// position): each UID translated where it stands.
+fn translate_in_order(text: &str, t: &Translation) -> Option<String> {
+    let set = SequenceSet::try_from(text).ok()?;
+    let mut uids = Vec::new();
+    for sequence in set.0.as_ref() {
+        let (low, high) = match *sequence {
+            Sequence::Single(SeqOrUid::Value(v)) => (v.get(), v.get()),
+            Sequence::Range(SeqOrUid::Value(a), SeqOrUid::Value(b)) => (a.get(), b.get()),
+            // A server names the UIDs it copied; `*` has no place here.
+            _ => return None,
+        };
+        let step: Box<dyn Iterator<Item = u32>> = if low <= high {
+            Box::new(low..=high)
+        } else {
+            Box::new((high..=low).rev())
+        };
+        for uid in step {
+            uids.push(t.presented(uid)?);
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut at = 0;
+    while at < uids.len() {
+        let start = uids[at];
+        while at + 1 < uids.len() && uids[at + 1] == uids[at] + 1 {
+            at += 1;
+        }
+        out.push(if uids[at] == start {
+            start.to_string()
+        } else {
+            format!("{start}:{}", uids[at])
+        });
+        at += 1;
+    }
+    Some(out.join(","))
 }
 
 /// `* ESEARCH (TAG "a") UID ALL set MIN n MAX n COUNT n`.

@@ -32,7 +32,7 @@ fn translation() -> Translation {
 
 fn rewritten_command(line: &str) -> Option<String> {
     let (_, command) = CommandCodec::default().decode(line.as_bytes()).unwrap();
-    super::command(&command, &translation()).map(|m| String::from_utf8(m.bytes).unwrap())
+    super::command(&command, &translation(), None).map(|m| String::from_utf8(m.bytes).unwrap())
 }
 
 fn head(line: &str, uid_search: bool) -> Option<String> {
@@ -97,11 +97,12 @@ fn uids_in_responses_become_the_clients() {
     );
     assert_eq!(
         head("a OK [COPYUID 77 2:3 8:9] Moved\r\n", false).as_deref(),
-        Some("a OK [COPYUID 77 11:15 8:9] Moved\r\n")
+        // One source UID for each destination UID, in the same order.
+        Some("a OK [COPYUID 77 11,15 8:9] Moved\r\n")
     );
     assert_eq!(
         head("* ESEARCH (TAG \"a\") UID MIN 1 MAX 4 ALL 1:4\r\n", false).as_deref(),
-        Some("* ESEARCH (TAG \"a\") UID MIN 10 MAX 16 ALL 10:16\r\n")
+        Some("* ESEARCH (TAG \"a\") UID MIN 10 MAX 16 ALL 10:11,15:16\r\n")
     );
     assert_eq!(head("* 5 EXISTS\r\n", false), None);
 }

@@ -19,9 +19,11 @@ use tokio::time::Instant;
 
 use super::ImapShared;
 use super::caps::{self, ClientTls};
+use super::continuity::Listing;
 use super::framing::{ClientFramer, ClientMessage};
 use super::registry::Following;
 use super::responses::{Piece, ResponseScanner};
+use super::seqmap::SeqMap;
 use super::state::{SessionState, tagged_status};
 use super::uidmap::Translation;
 use crate::failover::controller::Backend;
@@ -80,6 +82,12 @@ pub struct Session {
     pub(super) following: Option<Following>,
     /// On the replica: how the primary's UIDs the client knows map to the replica's.
     pub(super) translation: Option<Arc<Translation>>,
+    /// On the replica, when its order of the selected mailbox's messages differs from the
+    /// client's: the two numberings.
+    pub(super) seqmap: Option<Box<SeqMap>>,
+    /// levee's own listing of the mailbox just selected on the replica is under way (under
+    /// this tag); the client's next commands wait for it.
+    pub(super) listing: Option<Box<Listing>>,
     /// A SELECT went to the replica: its translation is needed before its responses.
     pub(super) translate_next: Option<String>,
     /// A SELECT completed at the primary: the client hears OK once levee knows the mailbox.
@@ -122,6 +130,8 @@ impl Session {
             idle_alias: None,
             following: None,
             translation: None,
+            seqmap: None,
+            listing: None,
             translate_next: None,
             await_catalogue: false,
             replay: Vec::new(),
@@ -200,6 +210,10 @@ impl Session {
                             resize_for_next(&mut from_upstream, n);
                             self.relay_responses(pump);
                             pump.write_now(client_write);
+                            if let Some(mailbox) = self.translate_next.take() {
+                                // A SELECT the client had pipelined behind levee's listing.
+                                self.translation = Box::pin(self.translation_for(&mailbox)).await;
+                            }
                             if std::mem::take(&mut self.await_catalogue)
                                 && let Some(following) = &self.following
                             {
@@ -343,6 +357,9 @@ impl Session {
             let mut renamed = client_tag.into_bytes();
             renamed.extend_from_slice(&line[upstream_tag.len()..]);
             pump.say(&renamed);
+            return;
+        }
+        if self.listing.is_some() && self.listing_response(pump, &line) {
             return;
         }
         if line.len() > 10 && line[..10].eq_ignore_ascii_case(b"* ENABLED ") {

@@ -123,7 +123,9 @@ impl SessionState {
                 self.idle_requested = Some(tag.clone());
                 Pending::Idle
             }
-            CommandBody::Search { uid: true, .. } => Pending::UidSearch,
+            CommandBody::Search { uid: true, .. }
+            | CommandBody::Sort { uid: true, .. }
+            | CommandBody::Thread { uid: true, .. } => Pending::UidSearch,
             _ => match change_of(command) {
                 Some(change) => Pending::Change(Box::new(change)),
                 None => Pending::Other,
@@ -209,7 +211,8 @@ impl SessionState {
         })
     }
 
-    /// A UID SEARCH is in flight (so `* SEARCH` lists UIDs, not sequence numbers).
+    /// A UID SEARCH, SORT or THREAD is in flight (so `* SEARCH`, `* SORT` and `* THREAD`
+    /// list UIDs, not sequence numbers).
     pub fn uid_search_in_flight(&self) -> bool {
         self.pending
             .values()

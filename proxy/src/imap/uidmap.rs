@@ -2,12 +2,14 @@
 //! UIDVALIDITY and UIDs it knew from the primary, so a caching client re-downloads nothing.
 //!
 //! [`Translation::build`] pairs the primary's messages (as levee last saw them, a
-//! [`Catalogue`]) with the replica's by [`Identity`], keeps the longest run of pairs in
-//! which both UID orders agree (IMAP UIDs ascend with sequence numbers, so a pair out of
-//! order cannot keep its UID), gives replica messages the primary never had UIDs the client
-//! has not seen, and shifts every later replica UID by one offset. Pure: no IO.
+//! [`Catalogue`]) with the replica's by [`Identity`]. Every paired message keeps the UID
+//! the client knew, whatever order the two sites stored the messages in; the replica's
+//! other messages get UIDs above any the client has seen (in the replica's order), and
+//! every later replica UID is shifted by one offset. When the two sites' orders differ,
+//! the client's message sequence numbers differ from the replica's too: a session then
+//! maps them with a [`super::seqmap::SeqMap`]. Pure: no IO.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -28,49 +30,59 @@ pub struct Catalogue {
 pub struct Translation {
     pub primary_validity: u32,
     pub replica_validity: u32,
+    /// Every replica message listed when the translation was built.
     r2p: BTreeMap<u32, u32>,
     p2r: BTreeMap<u32, u32>,
-    /// Replica UIDs above this are presented as `uid + offset`.
+    /// Replica UIDs above this (messages that arrived later) are presented as
+    /// `uid + offset`, above every presented UID of a listed one.
     last_r: u32,
     offset: i64,
     /// UIDs the client knew from the primary whose messages the replica does not have.
     pub missing: Vec<u32>,
     /// Messages that keep their UID.
     pub kept: usize,
+    /// The presented UIDs ascend in the replica's order: sequence numbers agree.
+    pub ordered: bool,
 }
 
 impl Translation {
-    /// Pairs `catalogue` with the replica's messages. `None` when the replica has messages
-    /// the client has not seen that cannot be slotted between the ones it has without
-    /// reusing a UID; the session then shows the replica's own UIDs (and UIDVALIDITY).
+    /// Pairs `catalogue` with the replica's messages. `None` only when the UIDs would run
+    /// out (past 2^32 - 2); the session then shows the replica's own UIDs and UIDVALIDITY.
     pub fn build(
         catalogue: &Catalogue,
         replica: &[Known],
         replica_validity: u32,
     ) -> Option<Translation> {
-        let pairs = longest_ordered(pair_up(catalogue, replica));
+        let pairs = pair_up(catalogue, replica);
         let kept = pairs.len();
-        let mut r2p: BTreeMap<u32, u32> = pairs.iter().copied().collect();
-        let last_r = pairs.last().map_or(0, |&(r, _)| r);
-        // Replica messages below the last kept pair go into the gaps between kept UIDs,
-        // never onto a UID the client knows.
-        let mut bounds = vec![(0u32, 0u32)];
-        bounds.extend(pairs.iter().copied());
-        for window in bounds.windows(2) {
-            let ((r1, p1), (r2, p2)) = (window[0], window[1]);
-            let mut free = (p1 + 1..p2).filter(|p| !catalogue.messages.contains_key(p));
-            for known in replica.iter().filter(|k| k.uid > r1 && k.uid < r2) {
-                r2p.insert(known.uid, free.next()?);
-            }
-        }
-        let last_p = pairs.last().map_or(0, |&(_, p)| p);
+        let mut listed: Vec<u32> = replica.iter().map(|k| k.uid).collect();
+        listed.sort_unstable();
+        listed.dedup();
         let known_max = catalogue.messages.keys().next_back().copied().unwrap_or(0);
-        let base = u64::from(catalogue.uidnext)
+        let paired_max = pairs.iter().map(|&(_, p)| p).max().unwrap_or(0);
+        let mut next = u64::from(catalogue.uidnext)
             .max(u64::from(known_max) + 1)
-            .max(u64::from(last_p) + 1);
-        let offset = base as i64 - (i64::from(last_r) + 1);
+            .max(u64::from(paired_max) + 1);
+        let paired: HashMap<u32, u32> = pairs.iter().copied().collect();
+        let mut r2p = BTreeMap::new();
+        for &r in &listed {
+            let p = match paired.get(&r) {
+                Some(&p) => p,
+                None => {
+                    next += 1;
+                    u32::try_from(next - 1).ok()?
+                }
+            };
+            r2p.insert(r, p);
+        }
+        if next >= u64::from(NO_MESSAGE) {
+            return None;
+        }
+        let last_r = listed.last().copied().unwrap_or(0);
+        let offset = next as i64 - (i64::from(last_r) + 1);
+        let ordered = r2p.values().zip(r2p.values().skip(1)).all(|(a, b)| a < b);
         let p2r = r2p.iter().map(|(&r, &p)| (p, r)).collect();
-        let kept_p: std::collections::HashSet<u32> = pairs.iter().map(|&(_, p)| p).collect();
+        let kept_p: HashSet<u32> = pairs.iter().map(|&(_, p)| p).collect();
         let missing = catalogue
             .messages
             .keys()
@@ -86,6 +98,7 @@ impl Translation {
             offset,
             missing,
             kept,
+            ordered,
         })
     }
 
@@ -99,101 +112,67 @@ impl Translation {
 
     /// UIDNEXT as the client sees it.
     pub fn presented_uidnext(&self, replica_uidnext: u32) -> u32 {
-        let above = self.r2p.values().next_back().map_or(1, |p| p + 1);
+        // Above the listed messages every presented UID is higher than any listed one's.
         self.presented(replica_uidnext.max(self.last_r + 1))
             .unwrap_or(u32::MAX)
-            .max(above)
-    }
-
-    /// The lowest replica UID presented as `v` or above.
-    fn replica_at_or_above(&self, v: u32) -> Option<u32> {
-        let explicit = self.p2r.range(v..).next().map(|(_, &r)| r);
-        let tail = i64::from(v) - self.offset;
-        let tail = u32::try_from(tail.max(i64::from(self.last_r) + 1)).ok();
-        explicit.filter(|&r| r <= self.last_r).or(tail)
-    }
-
-    /// The highest replica UID presented as `v` or below.
-    fn replica_at_or_below(&self, v: u32) -> Option<u32> {
-        let tail = i64::from(v) - self.offset;
-        if tail > i64::from(self.last_r) {
-            return u32::try_from(tail).ok();
-        }
-        self.p2r
-            .range(..=v)
-            .next_back()
-            .map(|(_, &r)| r)
-            .filter(|&r| r <= self.last_r)
     }
 
     /// A set of presented UIDs as the replica's UIDs.
     pub fn to_replica(&self, set: &SequenceSet) -> SequenceSet {
+        let mut singles = Vec::new();
         let mut out = Vec::new();
         for sequence in set.0.as_ref() {
             match *sequence {
                 Sequence::Single(SeqOrUid::Asterisk) => out.push(sequence.clone()),
-                Sequence::Single(SeqOrUid::Value(v)) => {
-                    if let Some(r) = self.exact_replica(v.get()) {
-                        out.push(Sequence::Single(value(r)));
-                    }
-                }
+                Sequence::Single(SeqOrUid::Value(v)) => singles.extend(self.exact_replica(v.get())),
                 Sequence::Range(a, b) => {
                     let (low, high) = ordered(a, b);
-                    let Some(lo) = self.replica_at_or_above(low) else {
-                        continue;
-                    };
+                    let explicit_high = high.unwrap_or(u32::MAX);
+                    singles.extend(self.p2r.range(low..=explicit_high).map(|(_, &r)| r));
+                    // The part above the listed messages, shifted back.
+                    let tail_low = (i64::from(low) - self.offset).max(i64::from(self.last_r) + 1);
+                    let tail_low = u32::try_from(tail_low).unwrap_or(u32::MAX);
                     match high {
-                        None => out.push(Sequence::Range(value(lo), SeqOrUid::Asterisk)),
+                        None => out.push(Sequence::Range(value(tail_low), SeqOrUid::Asterisk)),
                         Some(high) => {
-                            if let Some(hi) = self.replica_at_or_below(high)
-                                && hi >= lo
-                            {
-                                out.push(Sequence::Range(value(lo), value(hi)));
+                            let tail_high = i64::from(high) - self.offset;
+                            if tail_high >= i64::from(tail_low) {
+                                let tail_high = u32::try_from(tail_high).unwrap_or(u32::MAX);
+                                out.push(Sequence::Range(value(tail_low), value(tail_high)));
                             }
                         }
                     }
                 }
             }
         }
+        out.extend(runs(singles));
         set_of(out)
     }
 
     /// A set of replica UIDs as the client sees them (replica UIDs that name no message
     /// the client could know are dropped).
     pub fn to_presented(&self, set: &SequenceSet) -> SequenceSet {
+        let mut singles = Vec::new();
         let mut out = Vec::new();
         for sequence in set.0.as_ref() {
             match *sequence {
                 Sequence::Single(SeqOrUid::Asterisk) => out.push(sequence.clone()),
-                Sequence::Single(SeqOrUid::Value(r)) => {
-                    if let Some(p) = self.presented(r.get()) {
-                        out.push(Sequence::Single(value(p)));
-                    }
-                }
+                Sequence::Single(SeqOrUid::Value(r)) => singles.extend(self.presented(r.get())),
                 Sequence::Range(a, b) => {
                     let (low, high) = ordered(a, b);
-                    let lo = self
-                        .r2p
-                        .range(low..)
-                        .next()
-                        .map(|(&r, _)| r)
-                        .filter(|&r| r <= self.last_r)
-                        .unwrap_or(low.max(self.last_r + 1));
-                    let hi = high.map(|h| {
-                        if h > self.last_r {
-                            h
-                        } else {
-                            self.r2p.range(..=h).next_back().map_or(0, |(&r, _)| r)
-                        }
-                    });
-                    let (Some(p_lo), hi) = (self.presented(lo), hi) else {
+                    let explicit_high = high.unwrap_or(u32::MAX).min(self.last_r);
+                    if low <= explicit_high {
+                        singles.extend(self.r2p.range(low..=explicit_high).map(|(_, &p)| p));
+                    }
+                    let tail_low = low.max(self.last_r.saturating_add(1));
+                    let Some(p_low) = self.presented(tail_low) else {
                         continue;
                     };
-                    match hi {
-                        None => out.push(Sequence::Range(value(p_lo), SeqOrUid::Asterisk)),
-                        Some(hi) if hi >= lo => {
-                            if let Some(p_hi) = self.presented(hi) {
-                                out.push(Sequence::Range(value(p_lo), value(p_hi)));
+                    match high {
+                        None => out.push(Sequence::Range(value(p_low), SeqOrUid::Asterisk)),
+                        Some(high) if high >= tail_low => {
+                            if let Some(p_high) = self.presented(high) {
+                                out.push(Sequence::Range(value(p_low), value(p_high)));
                             }
                         }
                         Some(_) => {}
@@ -201,13 +180,13 @@ impl Translation {
                 }
             }
         }
+        out.extend(runs(singles));
         set_of(out)
     }
 
-    fn exact_replica(&self, v: u32) -> Option<u32> {
-        if let Some(&r) = self.p2r.get(&v)
-            && r <= self.last_r
-        {
+    /// The replica UID of presented UID `v`, if it names a message.
+    pub fn exact_replica(&self, v: u32) -> Option<u32> {
+        if let Some(&r) = self.p2r.get(&v) {
             return Some(r);
         }
         let tail = i64::from(v) - self.offset;
@@ -215,6 +194,29 @@ impl Translation {
             .then(|| u32::try_from(tail).ok())
             .flatten()
     }
+}
+
+/// Sorted, deduplicated values as ranges of consecutive numbers.
+pub fn runs(mut values: Vec<u32>) -> Vec<Sequence> {
+    values.sort_unstable();
+    values.dedup();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < values.len() {
+        let start = values[at];
+        let mut end = start;
+        while at + 1 < values.len() && values[at + 1] == end + 1 {
+            at += 1;
+            end += 1;
+        }
+        out.push(if start == end {
+            Sequence::Single(value(start))
+        } else {
+            Sequence::Range(value(start), value(end))
+        });
+        at += 1;
+    }
+    out
 }
 
 /// Pairs of (replica UID, primary UID) for messages with the same identity, in replica
@@ -255,36 +257,12 @@ fn pair_up(catalogue: &Catalogue, replica: &[Known]) -> Vec<(u32, u32)> {
     pairs
 }
 
-/// The longest subsequence of `pairs` (sorted by replica UID) whose primary UIDs ascend.
-fn longest_ordered(pairs: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
-    // Patience sorting: tails[k] = index of the smallest last element of a run of k+1.
-    let mut tails: Vec<usize> = Vec::new();
-    let mut before: Vec<Option<usize>> = vec![None; pairs.len()];
-    for (i, &(_, p)) in pairs.iter().enumerate() {
-        let k = tails.partition_point(|&t| pairs[t].1 < p);
-        before[i] = k.checked_sub(1).map(|k| tails[k]);
-        if k == tails.len() {
-            tails.push(i);
-        } else {
-            tails[k] = i;
-        }
-    }
-    let mut out = Vec::with_capacity(tails.len());
-    let mut at = tails.last().copied();
-    while let Some(i) = at {
-        out.push(pairs[i]);
-        at = before[i];
-    }
-    out.reverse();
-    out
-}
-
-fn value(n: u32) -> SeqOrUid {
+pub fn value(n: u32) -> SeqOrUid {
     SeqOrUid::Value(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
 }
 
 /// (low, high) with `None` for `*` as the high end.
-fn ordered(a: SeqOrUid, b: SeqOrUid) -> (u32, Option<u32>) {
+pub fn ordered(a: SeqOrUid, b: SeqOrUid) -> (u32, Option<u32>) {
     match (a, b) {
         (SeqOrUid::Value(a), SeqOrUid::Value(b)) => {
             (a.get().min(b.get()), Some(a.get().max(b.get())))
@@ -301,7 +279,7 @@ fn ordered(a: SeqOrUid, b: SeqOrUid) -> (u32, Option<u32>) {
 const NO_MESSAGE: u32 = u32::MAX - 1;
 
 /// A set from its parts; [`NO_MESSAGE`] when there are none.
-fn set_of(parts: Vec<Sequence>) -> SequenceSet {
+pub fn set_of(parts: Vec<Sequence>) -> SequenceSet {
     match parts.try_into() {
         Ok(parts) => SequenceSet(parts),
         Err(_) => SequenceSet(

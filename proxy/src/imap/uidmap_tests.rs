@@ -77,41 +77,55 @@ fn same_messages_keep_their_uids_and_new_ones_continue_above_uidnext() {
     assert_eq!(show(&t.to_replica(&set("10,15,16"))), "1,3:4");
     // A UID that names no message still names none.
     assert_eq!(show(&t.to_replica(&set("12"))), "4294967294");
-    assert_eq!(show(&t.to_presented(&set("2:4"))), "11:16");
+    assert_eq!(show(&t.to_presented(&set("2:4"))), "11,15:16");
     assert_eq!(show(&t.to_presented(&set("3"))), "15");
 }
 
 #[test]
-fn messages_out_of_order_at_the_replica_lose_only_what_they_must() {
-    // The replica applied 2 before 1: only one of them can keep its UID, the other gets a
-    // free one below.
+fn messages_out_of_order_at_the_replica_keep_their_uids() {
+    // The replica applied 2 before 1: both keep their UIDs; the sequence numbers differ
+    // (the session maps them), and sets map message by message.
     let primary = catalogue(vec![known(3, "1"), known(4, "2"), known(9, "3")], 10);
-    let replica = [known(1, "2"), known(2, "1"), known(3, "3")];
+    let replica = [known(1, "2"), known(2, "1"), known(3, "3"), known(4, "4")];
     let t = Translation::build(&primary, &replica, 9).unwrap();
-    assert_eq!(t.kept, 2);
-    assert_eq!(t.missing.len(), 1);
-    let presented: Vec<_> = (1..=3).map(|r| t.presented(r).unwrap()).collect();
-    assert!(presented.windows(2).all(|w| w[0] < w[1]), "{presented:?}");
-    // The message that lost its UID got one the client never saw.
-    let lost = t.missing[0];
-    assert!(!presented.contains(&lost), "{presented:?} reuses {lost}");
-    // With no free UID below, continuity is impossible.
-    let primary = catalogue(vec![known(1, "1"), known(2, "2"), known(3, "3")], 4);
-    assert_eq!(Translation::build(&primary, &replica, 9), None);
+    assert_eq!(t.kept, 3);
+    assert!(t.missing.is_empty());
+    assert!(!t.ordered);
+    let presented: Vec<_> = (1..=5).map(|r| t.presented(r).unwrap()).collect();
+    assert_eq!(presented, vec![4, 3, 9, 10, 11]);
+    assert_eq!(show(&t.to_replica(&set("3:4"))), "1:2");
+    assert_eq!(show(&t.to_replica(&set("3"))), "2");
+    assert_eq!(show(&t.to_replica(&set("4:10"))), "1,3:4");
+    // 5:* and 3:4, written as one range.
+    assert_eq!(show(&t.to_replica(&set("9:*"))), "3:*");
+    assert_eq!(show(&t.to_presented(&set("1"))), "4");
+    assert_eq!(show(&t.to_presented(&set("1:3"))), "3:4,9");
+    // 11:*, 3 and 9:10, written as few ranges.
+    assert_eq!(show(&t.to_presented(&set("2:*"))), "3,9:*");
+    assert_eq!(t.presented_uidnext(5), 11);
 }
 
 #[test]
-fn messages_the_primary_never_had_fill_gaps_or_give_up() {
-    // The replica has an extra message between two the client knows: it fits into the
-    // free UID 2 (the client never saw UID 2).
+fn messages_the_primary_never_had_get_uids_above_what_the_client_saw() {
+    // An extra message between two the client knows: never a UID below UIDNEXT the client
+    // saw (a client looks for new mail at UIDNEXT and above), so it comes after them.
     let primary = catalogue(vec![known(1, "1"), known(3, "3")], 4);
     let replica = [known(1, "1"), known(2, "x"), known(3, "3")];
     let t = Translation::build(&primary, &replica, 9).unwrap();
-    assert_eq!(t.presented(2), Some(2));
-    // With no free UID between them, continuity is impossible.
+    assert_eq!(
+        (t.presented(1), t.presented(2), t.presented(3)),
+        (Some(1), Some(4), Some(3))
+    );
+    assert!(!t.ordered);
+    assert_eq!(t.presented(4), Some(5));
     let primary = catalogue(vec![known(1, "1"), known(2, "2")], 3);
     let replica = [known(1, "1"), known(2, "x"), known(3, "2")];
-    assert_eq!(Translation::build(&primary, &replica, 9), None);
+    let t = Translation::build(&primary, &replica, 9).unwrap();
+    assert_eq!(
+        (t.presented(1), t.presented(2), t.presented(3)),
+        (Some(1), Some(3), Some(2))
+    );
+    assert_eq!(t.kept, 2);
 }
 
 #[test]
@@ -142,7 +156,7 @@ fn a_message_expunged_at_the_replica_is_missing() {
     let replica = [known(1, "1"), known(3, "3")];
     let t = Translation::build(&primary, &replica, 9).unwrap();
     assert_eq!(t.missing, vec![2]);
-    assert_eq!(show(&t.to_replica(&set("1:3"))), "1:3");
+    assert_eq!(show(&t.to_replica(&set("1:3"))), "1,3");
     assert_eq!(show(&t.to_replica(&set("2"))), "4294967294");
 }
 
