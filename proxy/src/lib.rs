@@ -156,6 +156,10 @@ pub async fn run(
     let registry = imap::registry::Registry::start(
         journal.clone(),
         failover.clone(),
+        (
+            config.upstream.primary.imap,
+            config.upstream.replica.as_ref().and_then(|r| r.imap),
+        ),
         config
             .imap
             .connect_timeout

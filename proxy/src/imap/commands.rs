@@ -8,7 +8,6 @@ use imap_codec::imap_types::command::CommandBody;
 
 use super::framing::{ClientEvent, ClientMessage};
 use super::session::{Next, Pump, Session, tag_of};
-use crate::failover::controller::Backend;
 
 impl Session {
     /// Handles what the framer found in the client's bytes.
@@ -118,8 +117,9 @@ impl Session {
             CommandBody::Select { mailbox, .. } | CommandBody::Examine { mailbox, .. } => {
                 self.translation = None;
                 self.seqmap = None;
-                if self.backend == Backend::Replica {
-                    self.translate_next = Some(super::identity::mailbox_name(mailbox));
+                let name = super::identity::mailbox_name(mailbox);
+                if self.translates(&name) {
+                    self.translate_next = Some(name);
                 }
             }
             _ => {}

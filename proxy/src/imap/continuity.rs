@@ -75,6 +75,12 @@ impl Session {
                 let Some(from) = selected else {
                     return;
                 };
+                // The client's UIDs or numbers, as the primary's.
+                let set = match (&self.translation, &self.seqmap, uid) {
+                    (Some(t), _, true) => t.to_replica(&set),
+                    (_, Some(map), false) => map.set_to_server(&set),
+                    _ => set,
+                };
                 let key = (login.user.clone(), from.clone());
                 registry.poke(&key);
                 let Some(catalogue) = registry.catalogue(&key) else {
@@ -147,13 +153,18 @@ impl Session {
 
     /// The response head as the client must see it, when it names UIDs or numbers.
     pub(super) fn translated_head(&mut self, line: &[u8]) -> Option<Vec<u8>> {
-        if self.backend == Backend::Replica
-            && line.len() > 9
-            && line[..9].eq_ignore_ascii_case(b"* STATUS ")
-        {
+        if line.len() > 9 && line[..9].eq_ignore_ascii_case(b"* STATUS ") {
             let user = &self.state.login.as_ref()?.user;
             let registry = &self.shared.registry;
-            return rewrite::status_head(line, |mailbox| registry.built_translation(user, mailbox));
+            return match self.backend {
+                Backend::Replica => {
+                    rewrite::status_head(line, |mailbox| registry.built_translation(user, mailbox))
+                }
+                Backend::Primary if registry.any_home() => {
+                    rewrite::status_head(line, |mailbox| registry.built_home(user, mailbox))
+                }
+                Backend::Primary => None,
+            };
         }
         let translation = self.translation.as_deref()?;
         let uid_search = self.state.uid_search_in_flight();
@@ -167,14 +178,34 @@ impl Session {
         }
     }
 
-    /// Looks up (or builds) the translation for `mailbox` on the replica.
+    /// Looks up (or builds) the translation for `mailbox` on the current backend: on the
+    /// replica after a failover, at the primary after a failback.
     pub(super) async fn translation_for(&self, mailbox: &str) -> Option<Arc<Translation>> {
-        if self.backend != Backend::Replica {
-            return None;
-        }
         let login = self.state.login.as_ref()?;
-        let addr = self.shared.imap_addr(Backend::Replica)?;
-        self.shared.registry.translation(login, mailbox, addr).await
+        let registry = &self.shared.registry;
+        match self.backend {
+            Backend::Replica => {
+                let addr = self.shared.imap_addr(Backend::Replica)?;
+                registry.translation(login, mailbox, addr).await
+            }
+            Backend::Primary => registry.home_translation(login, mailbox).await,
+        }
+    }
+
+    /// Whether a SELECT of `mailbox` needs its translation (and levee's listing): always
+    /// on the replica; at the primary, once a failback left the mailbox one.
+    pub(super) fn translates(&self, mailbox: &str) -> bool {
+        match (self.backend, &self.state.login) {
+            (Backend::Replica, _) => true,
+            (Backend::Primary, Some(login)) => {
+                let registry = &self.shared.registry;
+                registry.any_home()
+                    && registry
+                        .home_now(&(login.user.clone(), mailbox.to_string()))
+                        .is_some()
+            }
+            (Backend::Primary, None) => false,
+        }
     }
 
     /// After a move to the replica with a mailbox selected: translate from now on (with
@@ -190,23 +221,10 @@ impl Session {
         if let (Some(t), Some(listed)) = (&self.translation, &listed) {
             self.seqmap = SeqMap::new(t, listed, 0).map(Box::new);
         }
-        let (Some(translation), Some(login)) = (&self.translation, &self.state.login) else {
+        let Some(translation) = &self.translation else {
             return;
         };
-        if translation.missing.is_empty() {
-            return;
-        }
-        let Some(catalogue) = self.shared.registry.catalogue(&(login.user.clone(), name)) else {
-            return;
-        };
-        let uids: Vec<u32> = catalogue.messages.keys().copied().collect();
-        let mut seqs: Vec<usize> = translation
-            .missing
-            .iter()
-            .filter_map(|uid| uids.binary_search(uid).ok().map(|at| at + 1))
-            .collect();
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        for seq in seqs {
+        for seq in &translation.expunge_seqs {
             pump.say(format!("* {seq} EXPUNGE\r\n").as_bytes());
         }
     }

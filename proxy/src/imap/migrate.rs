@@ -319,7 +319,16 @@ impl Session {
         // none of them in time).
         let shared = self.shared.clone();
         let turn = shared.rebuilds.acquire().await;
-        let rebuilt = rebuild(addr, &self.state, limit, target == Backend::Replica).await;
+        let list = match (target, self.state.selected_name()) {
+            (Backend::Replica, _) => true,
+            // Back at the primary: mail that arrived during the outage may be numbered
+            // differently there than the client saw it.
+            (Backend::Primary, Some(_)) => {
+                self.translation.is_some() || self.shared.registry.any_home()
+            }
+            (Backend::Primary, None) => false,
+        };
+        let rebuilt = rebuild(addr, &self.state, limit, list).await;
         drop(turn);
         match rebuilt {
             Ok(rebuilt) => {

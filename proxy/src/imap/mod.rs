@@ -11,6 +11,7 @@ mod commands;
 pub mod conn;
 mod continuity;
 pub mod framing;
+pub mod homecoming;
 pub mod identity;
 pub mod migrate;
 pub mod registry;

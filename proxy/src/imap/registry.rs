@@ -25,8 +25,17 @@ use crate::smtp::now_ms;
 /// A user's mailbox.
 pub type Key = (String, String);
 
-/// A translation built at most once (`None` inside: continuity is impossible).
-type TranslationCell = OnceCell<Option<Arc<Translation>>>;
+/// A translation built at most once (`None` inside: continuity is impossible, or there is
+/// nothing to translate).
+pub(super) type TranslationCell = OnceCell<Option<Arc<Translation>>>;
+
+/// The UIDs a mailbox's clients are shown on the replica, with a login to pair them with
+/// the primary's again after a failback (kept in memory only).
+#[derive(Debug)]
+pub(super) struct Shown {
+    pub login: Credentials,
+    pub cell: Arc<TranslationCell>,
+}
 
 /// One mailbox levee follows.
 #[derive(Debug)]
@@ -51,11 +60,20 @@ impl Followed {
 #[derive(Debug)]
 pub struct Registry {
     followed: Mutex<HashMap<Key, Arc<Followed>>>,
-    translations: Mutex<HashMap<Key, Arc<TranslationCell>>>,
+    /// On the replica: per mailbox, how its clients see it.
+    pub(super) translations: Mutex<HashMap<Key, Shown>>,
+    /// At the primary after a failback: per mailbox, how its clients see it
+    /// ([`super::homecoming`]).
+    pub(super) homes: Mutex<HashMap<Key, Arc<TranslationCell>>>,
+    /// Some mailbox has a translation at the primary.
+    pub(super) any_home: std::sync::atomic::AtomicBool,
+    pub(super) journal: Journal,
+    /// The IMAP servers: (primary, replica).
+    pub(super) servers: (Option<SocketAddr>, Option<SocketAddr>),
     changes: mpsc::UnboundedSender<MailboxRecord>,
-    failover: Option<Failover>,
-    shutdown: CancellationToken,
-    limit: Duration,
+    pub(super) failover: Option<Failover>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) limit: Duration,
 }
 
 /// A session's hold on a followed mailbox; the following stops with the last one.
@@ -96,22 +114,31 @@ impl Following {
 
 impl Registry {
     /// Starts the writer that journals mailbox changes in the order they are reported.
+    /// Also pairs the UIDs clients saw on the replica with the primary's each time the
+    /// primary becomes active again. `servers`: the IMAP servers (primary, replica).
     pub fn start(
         journal: Journal,
         failover: Option<Failover>,
+        servers: (Option<SocketAddr>, Option<SocketAddr>),
         limit: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Registry> {
         let (changes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_changes(journal, queue));
-        Arc::new(Registry {
+        tokio::spawn(write_changes(journal.clone(), queue));
+        let registry = Arc::new(Registry {
             followed: Mutex::new(HashMap::new()),
             translations: Mutex::new(HashMap::new()),
+            homes: Mutex::new(HashMap::new()),
+            any_home: std::sync::atomic::AtomicBool::new(super::homecoming::any_kept(&journal)),
+            journal,
+            servers,
             changes,
             failover,
             shutdown,
             limit,
-        })
+        });
+        tokio::spawn(super::homecoming::on_failback(registry.clone()));
+        registry
     }
 
     /// Follows `mailbox` of the user logged in with `login` at the primary's `addr`.
@@ -183,12 +210,21 @@ impl Registry {
     ) -> Option<Arc<Translation>> {
         let key = (login.user.clone(), mailbox.to_string());
         let catalogue = self.catalogue(&key)?;
+        // What the clients know, when they came back to the primary after a failback.
+        let catalogue = match self.home_now(&key) {
+            Some(home) => home.present(&catalogue),
+            None => catalogue,
+        };
         let cell = self
             .translations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
-            .or_default()
+            .or_insert_with(|| Shown {
+                login: login.clone(),
+                cell: Arc::default(),
+            })
+            .cell
             .clone();
         let built = cell
             .get_or_try_init(|| async {
@@ -227,19 +263,12 @@ impl Registry {
         }
     }
 
-    /// The translation of `user`'s `mailbox` if one was built already (never waits).
+    /// The translation of `user`'s `mailbox` on the replica if one was built already
+    /// (never waits).
     pub fn built_translation(&self, user: &str, mailbox: &str) -> Option<Arc<Translation>> {
         let key = (user.to_string(), mailbox.to_string());
         let translations = self.translations.lock().unwrap_or_else(|p| p.into_inner());
-        translations.get(&key)?.get()?.clone()
-    }
-
-    /// Forgets every translation (the sessions are back on the primary).
-    pub fn forget_translations(&self) {
-        self.translations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        translations.get(&key)?.cell.get()?.clone()
     }
 
     fn lock_followed(&self) -> MutexGuard<'_, HashMap<Key, Arc<Followed>>> {

@@ -24,9 +24,10 @@ pub struct Catalogue {
     pub messages: BTreeMap<u32, Known>,
 }
 
-/// How a session on the replica presents the primary's UIDs. "Presented" UIDs are the
-/// ones the client sees; "replica" UIDs are the server's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a session presents the UIDs its client knows. "Presented" UIDs are the ones the
+/// client sees; "replica" UIDs are the server's: on the replica after a failover, or on
+/// the primary after a failback (then "replica" means the primary's own UIDs).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Translation {
     pub primary_validity: u32,
     pub replica_validity: u32,
@@ -39,6 +40,9 @@ pub struct Translation {
     offset: i64,
     /// UIDs the client knew from the primary whose messages the replica does not have.
     pub missing: Vec<u32>,
+    /// Their message numbers in the client's view, highest first: the EXPUNGEs that tell
+    /// a client arriving with that view.
+    pub expunge_seqs: Vec<u32>,
     /// Messages that keep their UID.
     pub kept: usize,
     /// The presented UIDs ascend in the replica's order: sequence numbers agree.
@@ -83,12 +87,15 @@ impl Translation {
         let ordered = r2p.values().zip(r2p.values().skip(1)).all(|(a, b)| a < b);
         let p2r = r2p.iter().map(|(&r, &p)| (p, r)).collect();
         let kept_p: HashSet<u32> = pairs.iter().map(|&(_, p)| p).collect();
-        let missing = catalogue
-            .messages
-            .keys()
-            .copied()
-            .filter(|p| !kept_p.contains(p))
-            .collect();
+        let mut missing = Vec::new();
+        let mut expunge_seqs = Vec::new();
+        for (at, &p) in catalogue.messages.keys().enumerate() {
+            if !kept_p.contains(&p) {
+                missing.push(p);
+                expunge_seqs.push(u32::try_from(at + 1).ok()?);
+            }
+        }
+        expunge_seqs.reverse();
         Some(Translation {
             primary_validity: catalogue.uidvalidity,
             replica_validity,
@@ -97,9 +104,39 @@ impl Translation {
             last_r,
             offset,
             missing,
+            expunge_seqs,
             kept,
             ordered,
         })
+    }
+
+    /// Every UID presented as itself, now and for messages to come: nothing to translate.
+    pub fn is_identity(&self) -> bool {
+        self.offset == 0
+            && self.primary_validity == self.replica_validity
+            && self.r2p.iter().all(|(r, p)| r == p)
+    }
+
+    /// `catalogue` (in the server's UIDs) as the client sees it.
+    pub fn present(&self, catalogue: &Catalogue) -> Catalogue {
+        Catalogue {
+            uidvalidity: self.primary_validity,
+            uidnext: self.presented_uidnext(catalogue.uidnext),
+            messages: catalogue
+                .messages
+                .values()
+                .filter_map(|known| {
+                    let uid = self.presented(known.uid)?;
+                    Some((
+                        uid,
+                        Known {
+                            uid,
+                            ..known.clone()
+                        },
+                    ))
+                })
+                .collect(),
+        }
     }
 
     /// The UID the client sees for replica UID `r` (any `r` above the paired ones, too).

@@ -168,3 +168,37 @@ fn an_empty_catalogue_presents_replica_uids_above_uidnext() {
     assert_eq!((t.presented(1), t.presented(2)), (Some(50), Some(51)));
     assert_eq!(show(&t.to_replica(&set("50:51"))), "1:2");
 }
+
+#[test]
+fn a_translation_presents_a_catalogue_and_knows_when_it_changes_nothing() {
+    // Back at the primary after a failback: the clients saw a, b as 10, 11 and c (from the
+    // outage) as 12; the primary has c as 13 (something took 12 meanwhile).
+    let seen = catalogue(vec![known(10, "a"), known(11, "b"), known(12, "c")], 13);
+    let primary = [known(10, "a"), known(11, "b"), known(13, "c")];
+    let t = Translation::build(&seen, &primary, 1111).unwrap();
+    assert!(!t.is_identity());
+    assert_eq!(t.presented(13), Some(12));
+    assert_eq!(t.presented(14), Some(13));
+    // What levee knows of the primary's mailbox, as the clients see it.
+    let follower = catalogue(vec![known(10, "a"), known(13, "c"), known(14, "d")], 15);
+    let shown = t.present(&follower);
+    assert_eq!(
+        shown.messages.keys().copied().collect::<Vec<_>>(),
+        vec![10, 12, 13]
+    );
+    assert_eq!(shown.uidnext, 14);
+    // The primary has exactly what the clients saw: nothing to translate.
+    let same = [known(10, "a"), known(11, "b"), known(12, "c")];
+    assert!(
+        Translation::build(&seen, &same, 1111)
+            .unwrap()
+            .is_identity()
+    );
+    // A message the clients saw that the primary lacks is an EXPUNGE of its number.
+    let short = [known(10, "a"), known(12, "c")];
+    let t = Translation::build(&seen, &short, 1111).unwrap();
+    assert_eq!(
+        (t.missing.clone(), t.expunge_seqs.clone()),
+        (vec![11], vec![2])
+    );
+}
