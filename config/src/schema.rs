@@ -85,6 +85,15 @@ pub struct Backend {
     /// `[imap]` has listeners.
     #[serde(default)]
     pub imap: Option<SocketAddr>,
+    /// An IMAP master user of this site's server (Dovecot `master = yes` passdb), and a
+    /// file whose first line is its password (never logged). At the primary, levee uses
+    /// it to copy there, before a failback, what clients changed in their mailboxes at the
+    /// replica during the outage (messages saved with APPEND, such as sent mail; copies;
+    /// folders created, renamed or deleted).
+    #[serde(default)]
+    pub master_user: Option<String>,
+    #[serde(default)]
+    pub master_password_file: Option<std::path::PathBuf>,
 }
 
 impl Backend {

@@ -63,6 +63,24 @@ pub fn check(config: &Config) -> Vec<Problem> {
             "give both sites an IMAP server, or neither".into(),
         );
     }
+    let primary = &config.upstream.primary;
+    if primary.master_user.is_some() != primary.master_password_file.is_some() {
+        push(
+            "upstream.primary.master_user".into(),
+            "master_user and master_password_file go together".into(),
+        );
+    }
+    if primary.master_user.is_some() && primary.imap.is_none() {
+        push(
+            "upstream.primary.master_user".into(),
+            "needs upstream.primary.imap".into(),
+        );
+    }
+    file_exists(
+        &mut push,
+        "upstream.primary.master_password_file",
+        primary.master_password_file.as_ref(),
+    );
     if !imap.listen.is_empty() && config.upstream.primary.imap.is_none() {
         push(
             "upstream.primary.imap".into(),

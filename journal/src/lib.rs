@@ -64,6 +64,7 @@
 //!                    || opt(message_id)
 //! kind for Audit   = 0x02 || str(actor) || str(action) || str(detail)
 //! kind for Mailbox = 0x03 || str(user) || change
+//! kind for MailboxAtReplica = 0x04 || str(user) || change
 //!
 //! change = 0x01 (Append)  || str(mailbox) || strs(flags) || opt(internal_date)
 //!        | 0x02 (Flags)   || str(mailbox) || u64be(n) || (ref || strs(flags))...

@@ -85,9 +85,9 @@ impl MailboxChange {
 
 /// The chain's bytes for a mailbox record (see the crate docs): tag 0x03, the user, then
 /// one byte for the change and its fields in declaration order.
-pub(crate) fn canonical(out: &mut Vec<u8>, record: &MailboxRecord) {
+pub(crate) fn canonical(out: &mut Vec<u8>, record: &MailboxRecord, tag: u8) {
     use crate::record::{put_len, put_opt, put_str};
-    out.push(3);
+    out.push(tag);
     put_str(out, &record.user);
     let put_strs = |out: &mut Vec<u8>, items: &[String]| {
         put_len(out, items.len());

@@ -34,8 +34,13 @@ pub enum RecordKind {
     Message(MessageRecord),
     /// An administrative or compliance event.
     Audit(AuditRecord),
-    /// A change an IMAP client made to its mailboxes at the primary.
+    /// A change an IMAP client made to its mailboxes at the primary (the replica's
+    /// applier makes it there too).
     Mailbox(MailboxRecord),
+    /// A change an IMAP client made to its mailboxes at the replica while that was the
+    /// active site: the replica has it; the primary gets it before a failback (it goes on
+    /// the primary's work list, [`crate::Journal::resync_mark`]).
+    MailboxAtReplica(MailboxRecord),
 }
 
 /// One accepted message, envelope and raw content.
@@ -115,6 +120,10 @@ impl RecordKind {
             RecordKind::Mailbox(MailboxRecord {
                 change: MailboxChange::Append { body, .. },
                 ..
+            })
+            | RecordKind::MailboxAtReplica(MailboxRecord {
+                change: MailboxChange::Append { body, .. },
+                ..
             }) => body,
             _ => &[],
         }
@@ -128,6 +137,10 @@ impl RecordKind {
             RecordKind::Mailbox(MailboxRecord {
                 change: MailboxChange::Append { body, .. },
                 ..
+            })
+            | RecordKind::MailboxAtReplica(MailboxRecord {
+                change: MailboxChange::Append { body, .. },
+                ..
             }) => std::mem::take(body),
             _ => Vec::new(),
         }
@@ -137,6 +150,10 @@ impl RecordKind {
         match self {
             RecordKind::Message(m) => m.body = body,
             RecordKind::Mailbox(MailboxRecord {
+                change: MailboxChange::Append { body: slot, .. },
+                ..
+            })
+            | RecordKind::MailboxAtReplica(MailboxRecord {
                 change: MailboxChange::Append { body: slot, .. },
                 ..
             }) => *slot = body,
@@ -149,6 +166,10 @@ impl RecordKind {
             self,
             RecordKind::Message(_)
                 | RecordKind::Mailbox(MailboxRecord {
+                    change: MailboxChange::Append { .. },
+                    ..
+                })
+                | RecordKind::MailboxAtReplica(MailboxRecord {
                     change: MailboxChange::Append { .. },
                     ..
                 })
@@ -200,7 +221,8 @@ pub(crate) fn canonical_bytes(
             put_str(&mut out, &a.action);
             put_str(&mut out, &a.detail);
         }
-        RecordKind::Mailbox(m) => crate::mailbox::canonical(&mut out, m),
+        RecordKind::Mailbox(m) => crate::mailbox::canonical(&mut out, m, 3),
+        RecordKind::MailboxAtReplica(m) => crate::mailbox::canonical(&mut out, m, 4),
     }
     out.extend_from_slice(&body_len.to_be_bytes());
     out.extend_from_slice(body_sha256);

@@ -50,8 +50,12 @@ fn documented_chain(prev: &[u8; 32], rec: &levee_journal::Record) -> [u8; 32] {
             s(&mut c, &a.detail);
             &[]
         }
-        RecordKind::Mailbox(m) => {
-            c.push(3);
+        kind @ (RecordKind::Mailbox(m) | RecordKind::MailboxAtReplica(m)) => {
+            c.push(if matches!(kind, RecordKind::Mailbox(_)) {
+                3
+            } else {
+                4
+            });
             s(&mut c, &m.user);
             fn strs(out: &mut Vec<u8>, v: &[String]) {
                 out.extend_from_slice(&(v.len() as u64).to_be_bytes());
@@ -505,5 +509,47 @@ async fn large_bodies_land_in_sled_blob_files_and_survive_reopen() {
     }
     let j = open(dir.path());
     assert_eq!(j.get(1).unwrap().unwrap().kind.body(), noise.as_slice());
+    assert!(j.verify().unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn changes_made_at_the_replica_chain_apart_and_wait_for_no_applier() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    let change = MailboxRecord {
+        user: "alice".into(),
+        change: MailboxChange::Append {
+            mailbox: "Sent".into(),
+            flags: vec!["\\Seen".into()],
+            internal_date: None,
+            body: b"Subject: sent during the outage\r\n\r\nhi\r\n".to_vec(),
+        },
+    };
+    let at_replica = NewRecord {
+        time_ms: T0,
+        kind: RecordKind::MailboxAtReplica(change.clone()),
+    };
+    let a = j.append(at_replica.clone()).await.unwrap();
+    let got = j.get(a.seq).unwrap().unwrap();
+    assert_eq!(got.kind, at_replica.kind);
+    assert_eq!(got.kind.body(), at_replica.kind.body());
+    assert_eq!(documented_chain(&[0u8; 32], &got), got.chain);
+    // The same change as made at the primary hashes differently: one never passes for
+    // the other.
+    let mut twin = got.clone();
+    twin.kind = RecordKind::Mailbox(change.clone());
+    assert_ne!(documented_chain(&[0u8; 32], &twin), got.chain);
+    let b = j
+        .append(NewRecord {
+            time_ms: T0,
+            kind: RecordKind::Mailbox(change),
+        })
+        .await
+        .unwrap();
+    // Only the primary's change waits for the replica's applier.
+    let waiting: Vec<u64> = (j.undelivered(10).unwrap().iter())
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(waiting, vec![b.seq]);
     assert!(j.verify().unwrap().is_intact());
 }

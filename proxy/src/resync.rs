@@ -8,6 +8,12 @@
 //!
 //! Delivery is at-least-once: a crash between the primary's 250 and the list update
 //! delivers that message again. The copy carries the trace header that names the record.
+//!
+//! Changes clients made to their mailboxes at the replica meanwhile (journaled as
+//! [`RecordKind::MailboxAtReplica`]) are on the same list, in the same order, and are made
+//! at the primary's IMAP server as its master user (`upstream.primary.master_user`), the
+//! way the replica's applier makes the primary's changes there; an APPEND looks first
+//! whether its message is there already.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +27,8 @@ use crate::delivery::{Attempt, Due, deliver_to};
 use crate::failover::controller::Backend;
 use crate::smtp::envelope::is_local;
 use crate::smtp::route::{BY_APPLIER, Routes};
+use crate::standby::dedupe::Dedupe;
+use crate::standby::mailbox;
 
 /// Records taken per pass.
 const BATCH: usize = 64;
@@ -77,10 +85,28 @@ impl Resync {
             pending,
             ..ResyncStatus::default()
         });
+        let primary = &config.upstream.primary;
+        let master = match (
+            primary.imap,
+            primary.master_user.as_deref(),
+            primary.master_password_file.as_deref(),
+        ) {
+            (Some(imap), Some(user), Some(file)) => {
+                match Dedupe::for_server(imap, user, file, config.imap.connect_timeout) {
+                    Ok(master) => Some(master),
+                    Err(err) => {
+                        tracing::error!(%err, "mailbox changes made at the replica cannot be copied to the primary");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let worker = Worker {
             journal: journal.clone(),
             config,
             routes,
+            master,
             status: tx,
         };
         tokio::spawn(worker.run(wake.clone(), shutdown));
@@ -112,10 +138,23 @@ impl Resync {
     }
 }
 
+/// What one entry of the list came to.
+enum Copied {
+    Delivered,
+    /// Refused for good: logged, counted, not retried.
+    Refused(String),
+    /// Not now: the pass stops here (the list keeps its order).
+    Retry(String),
+    /// Nothing for the primary (no local recipient, not a message).
+    Nothing,
+}
+
 struct Worker {
     journal: Journal,
     config: Arc<Config>,
     routes: Routes,
+    /// The primary's IMAP server as its master user, for mailbox changes.
+    master: Option<Dedupe>,
     status: watch::Sender<ResyncStatus>,
 }
 
@@ -169,18 +208,17 @@ impl Worker {
             if shutdown.is_cancelled() {
                 break;
             }
-            let outcome = self.copy(seq).await;
-            match outcome {
-                Ok(Some(Attempt::Delivered(_))) => {
+            match self.copy(seq).await {
+                Ok(Copied::Delivered) => {
                     self.status.send_modify(|s| s.delivered += 1);
                     metrics::counter!(crate::metrics::RESYNC_DELIVERED).increment(1);
                 }
-                Ok(Some(Attempt::Refused(reply))) => {
-                    tracing::error!(seq, %reply, "the primary refused a message the replica has; not retried");
+                Ok(Copied::Refused(why)) => {
+                    tracing::error!(seq, %why, "the primary refused what the replica has; not retried");
                     self.status.send_modify(|s| s.refused += 1);
                 }
-                Ok(None | Some(Attempt::Applier)) => {}
-                Ok(Some(Attempt::Temporary(why) | Attempt::Unreachable(why))) | Err(why) => {
+                Ok(Copied::Nothing) => {}
+                Ok(Copied::Retry(why)) | Err(why) => {
                     publish(&self.journal, &self.status);
                     self.flush().await;
                     return Err(format!("record {seq}: {why}"));
@@ -196,15 +234,17 @@ impl Worker {
         Ok(true)
     }
 
-    /// Hands the local recipients' copy of `seq` to the primary; `None` when there is
-    /// nothing to hand (not a message, or no local recipient).
-    async fn copy(&self, seq: Seq) -> Result<Option<Attempt>, String> {
+    /// Hands the local recipients' copy of `seq`, or the mailbox change it is, to the
+    /// primary.
+    async fn copy(&self, seq: Seq) -> Result<Copied, String> {
         let record = self.journal.get(seq).map_err(|e| e.to_string())?;
         let Some(record) = record else {
-            return Ok(None);
+            return Ok(Copied::Nothing);
         };
-        let RecordKind::Message(message) = record.kind else {
-            return Ok(None);
+        let message = match record.kind {
+            RecordKind::Message(message) => message,
+            RecordKind::MailboxAtReplica(change) => return Ok(self.change(seq, &change).await),
+            _ => return Ok(Copied::Nothing),
         };
         let domains = &self.config.smtp.local_domains;
         let local: Vec<String> = (message.rcpt_to.iter())
@@ -212,7 +252,7 @@ impl Worker {
             .cloned()
             .collect();
         if local.is_empty() {
-            return Ok(None);
+            return Ok(Copied::Nothing);
         }
         let due = Due {
             seq,
@@ -222,13 +262,38 @@ impl Worker {
         };
         let rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
         let attempt = deliver_to(&self.config, &self.routes, Backend::Primary, &due, &rcpts).await;
-        if matches!(attempt, Attempt::Delivered(_)) {
-            tracing::info!(
-                seq,
-                "message accepted while the replica was active copied to the primary"
-            );
+        Ok(match attempt {
+            Attempt::Delivered(_) => {
+                tracing::info!(
+                    seq,
+                    "message accepted while the replica was active copied to the primary"
+                );
+                Copied::Delivered
+            }
+            Attempt::Refused(reply) => Copied::Refused(reply.to_string()),
+            Attempt::Temporary(why) | Attempt::Unreachable(why) => Copied::Retry(why),
+            Attempt::Applier => Copied::Nothing,
+        })
+    }
+
+    /// Makes at the primary a change a client made at the replica.
+    async fn change(&self, seq: Seq, change: &levee_journal::MailboxRecord) -> Copied {
+        let what = change.change.name();
+        if self.master.is_none() {
+            return Copied::Refused(format!(
+                "{what} by {} at the replica: upstream.primary.master_user is not set, so levee cannot make it at the primary",
+                change.user
+            ));
         }
-        Ok(Some(attempt))
+        // Unsure every time: an earlier try may have landed before levee lost its answer.
+        match mailbox::apply(self.master.as_ref(), change, true).await {
+            mailbox::Outcome::Done(note) => {
+                tracing::info!(seq, user = %change.user, change = what, %note, "mailbox change made at the replica copied to the primary");
+                Copied::Delivered
+            }
+            mailbox::Outcome::Failed(note) => Copied::Refused(note),
+            mailbox::Outcome::Retry(note) => Copied::Retry(note),
+        }
     }
 
     /// Makes the list's removals durable (at worst a message is copied twice).

@@ -13,6 +13,7 @@ command per line from stdin and answers each with ONE JSON line on stdout:
   {"op": "delete", "uid": n}                   -> {"ok"}  (UID STORE +\\Deleted, EXPUNGE)
   {"op": "append", "mailbox": "Sent", "message_b64": "...", "flags": "(\\Seen)"} -> {"ok"}
   {"op": "create", "mailbox": "Sent"}          -> {"ok"}
+  {"op": "copy", "uid": n, "mailbox": "Archive"} -> {"ok"}  (UID COPY)
   {"op": "noop"}                               -> {"ok"}
   {"op": "logout"}                             -> {"ok"} and exit
 
@@ -97,6 +98,9 @@ def step(imap, cmd):
         return {"ok": typ == "OK", "error": repr(data)}
     if op == "create":
         typ, data = imap.create(cmd["mailbox"])
+        return {"ok": typ == "OK", "error": repr(data)}
+    if op == "copy":
+        typ, data = imap.uid("COPY", str(cmd["uid"]), cmd["mailbox"])
         return {"ok": typ == "OK", "error": repr(data)}
     if op == "noop":
         typ, data = imap.noop()

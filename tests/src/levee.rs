@@ -122,6 +122,8 @@ data_dir = "{data}"
 smtp = "{smtp}"
 submission = "{submission_up}"
 imap = "{imap_up}"
+master_user = "{master_user}"
+master_password_file = "{master_password}"
 
 [smtp]
 hostname = "levee.test"
@@ -180,6 +182,8 @@ listen = "{metrics}"
             submission = ports.submission,
             submissions = ports.submissions,
             imap_up = stack.imap_addr(),
+            master_user = stack.master_user(),
+            master_password = stack.master_password_file().display(),
             imap = ports.imap,
             imaps = ports.imaps,
             metrics = ports.metrics,

@@ -134,7 +134,7 @@ async fn catch_up_primary(resync: &Resync, limit: Duration) -> Result<serde_json
         let now = resync.current();
         let why = now.last_error.unwrap_or_else(|| "still copying".into());
         return Err(format!(
-            "the primary has not yet received {} message(s) accepted while the replica was active (within {limit:?}; last try: {why}); nothing switched",
+            "the primary has not yet received {} message(s) or mailbox change(s) made while the replica was active (within {limit:?}; last try: {why}); nothing switched",
             now.pending.max(1)
         ));
     }

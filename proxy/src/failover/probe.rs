@@ -143,6 +143,8 @@ mod tests {
             smtp,
             submission: None,
             imap,
+            master_user: None,
+            master_password_file: None,
         }
     }
 

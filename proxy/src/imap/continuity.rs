@@ -40,10 +40,8 @@ impl Session {
                 self.translation = None;
                 self.seqmap = None;
             }
-            Finished::Changed(change) if self.backend == Backend::Primary => {
-                self.journal_change(change);
-            }
-            Finished::Changed(_) | Finished::Other => {}
+            Finished::Changed(change) => self.journal_change(change),
+            Finished::Other => {}
         }
     }
 
@@ -75,29 +73,49 @@ impl Session {
                 let Some(from) = selected else {
                     return;
                 };
-                // The client's UIDs or numbers, as the primary's.
-                let set = match (&self.translation, &self.seqmap, uid) {
-                    (Some(t), _, true) => t.to_replica(&set),
-                    (_, Some(map), false) => map.set_to_server(&set),
-                    _ => set,
-                };
                 let key = (login.user.clone(), from.clone());
                 registry.poke(&key);
                 let Some(catalogue) = registry.catalogue(&key) else {
                     tracing::warn!(mailbox = %from, "a copy from a mailbox levee does not follow is not journaled");
                     return;
                 };
-                MailboxChange::Copy {
-                    from,
-                    to,
-                    messages: resolve(&catalogue, &set, uid),
+                let messages = match self.backend {
+                    // The client's UIDs or numbers, as the primary's.
+                    Backend::Primary => {
+                        let set = match (&self.translation, &self.seqmap, uid) {
+                            (Some(t), _, true) => t.to_replica(&set),
+                            (_, Some(map), false) => map.set_to_server(&set),
+                            _ => set,
+                        };
+                        resolve(&catalogue, &set, uid)
+                    }
+                    // At the replica: the messages the primary had, as the client knows
+                    // them (mail that came during the outage is copied back as such).
+                    Backend::Replica if uid => {
+                        let shown = match registry.home_now(&key) {
+                            Some(home) => home.present(&catalogue),
+                            None => catalogue,
+                        };
+                        resolve(&shown, &set, true)
+                    }
+                    Backend::Replica => {
+                        tracing::info!(mailbox = %from, "a COPY by message number at the replica is not copied to the primary");
+                        return;
+                    }
+                };
+                if messages.is_empty() {
+                    return;
                 }
+                MailboxChange::Copy { from, to, messages }
             }
             Change::Create(mailbox) => MailboxChange::Create { mailbox },
             Change::Delete(mailbox) => MailboxChange::Delete { mailbox },
             Change::Rename(from, to) => MailboxChange::Rename { from, to },
         };
-        registry.record(&login.user, change);
+        match self.backend {
+            Backend::Primary => registry.record(&login.user, change),
+            Backend::Replica => registry.record_at_replica(&login.user, change),
+        }
     }
 
     /// The command as the replica must see it, when it names UIDs or message numbers.

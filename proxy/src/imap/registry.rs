@@ -71,6 +71,7 @@ pub struct Registry {
     /// The IMAP servers: (primary, replica).
     pub(super) servers: (Option<SocketAddr>, Option<SocketAddr>),
     changes: mpsc::UnboundedSender<MailboxRecord>,
+    at_replica: mpsc::UnboundedSender<MailboxRecord>,
     pub(super) failover: Option<Failover>,
     pub(super) shutdown: CancellationToken,
     pub(super) limit: Duration,
@@ -125,6 +126,8 @@ impl Registry {
     ) -> Arc<Registry> {
         let (changes, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_changes(journal.clone(), queue));
+        let (at_replica, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_replica_changes(journal.clone(), queue));
         let registry = Arc::new(Registry {
             followed: Mutex::new(HashMap::new()),
             translations: Mutex::new(HashMap::new()),
@@ -133,6 +136,7 @@ impl Registry {
             journal,
             servers,
             changes,
+            at_replica,
             failover,
             shutdown,
             limit,
@@ -191,9 +195,18 @@ impl Registry {
         }
     }
 
-    /// Journals a change a session saw the server accept.
+    /// Journals a change a session saw the server accept at the primary.
     pub fn record(&self, user: &str, change: MailboxChange) {
         let _ = self.changes.send(MailboxRecord {
+            user: user.to_string(),
+            change,
+        });
+    }
+
+    /// Journals a change a session saw the replica accept while it was the active site,
+    /// for the primary to get before a failback.
+    pub fn record_at_replica(&self, user: &str, change: MailboxChange) {
+        let _ = self.at_replica.send(MailboxRecord {
             user: user.to_string(),
             change,
         });
@@ -300,6 +313,39 @@ async fn write_changes(journal: Journal, mut queue: mpsc::UnboundedReceiver<Mail
             Err(err) => {
                 metrics::counter!(crate::metrics::IMAP_CHANGES_LOST).increment(1);
                 tracing::error!(%err, change, "a mailbox change could not be journaled; the replica will not see it");
+            }
+        }
+    }
+}
+
+/// Appends each change made at the replica to the journal, in order, and puts it on the
+/// primary's work list ([`crate::resync`] applies it there).
+async fn write_replica_changes(
+    journal: Journal,
+    mut queue: mpsc::UnboundedReceiver<MailboxRecord>,
+) {
+    while let Some(record) = queue.recv().await {
+        let change = record.change.name();
+        let new = NewRecord {
+            time_ms: now_ms(),
+            kind: RecordKind::MailboxAtReplica(record),
+        };
+        match journal.append(new).await {
+            Ok(appended) => {
+                if let Err(err) = journal.resync_mark(appended.seq) {
+                    tracing::error!(%err, seq = appended.seq, change, "a mailbox change made at the replica will not reach the primary");
+                }
+                metrics::counter!(crate::metrics::IMAP_CHANGES_JOURNALED, "change" => change)
+                    .increment(1);
+                tracing::debug!(
+                    seq = appended.seq,
+                    change,
+                    "mailbox change at the replica journaled"
+                );
+            }
+            Err(err) => {
+                metrics::counter!(crate::metrics::IMAP_CHANGES_LOST).increment(1);
+                tracing::error!(%err, change, "a mailbox change made at the replica could not be journaled; the primary will not see it");
             }
         }
     }

@@ -209,7 +209,8 @@ impl Applier {
                     pass = Pass::Applied;
                     continue;
                 }
-                RecordKind::Audit(_) => continue,
+                // Made at the replica already: nothing for its applier.
+                RecordKind::Audit(_) | RecordKind::MailboxAtReplica(_) => continue,
             };
             let local: Vec<&str> = message
                 .rcpt_to

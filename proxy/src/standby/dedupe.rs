@@ -64,12 +64,12 @@ impl fmt::Debug for Password {
 /// Why the duplicate check cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum DedupeError {
-    #[error("apply.master_password_file {path}: {source}")]
+    #[error("master_password_file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("apply.master_password_file {path}: the first line is empty")]
+    #[error("master_password_file {path}: the first line is empty")]
     Empty { path: PathBuf },
 }
 
@@ -87,11 +87,23 @@ impl Dedupe {
     pub fn from_config(apply: &Apply, timeout: Duration) -> Result<Option<Dedupe>, DedupeError> {
         let (Some(imap), Some(master_user), Some(path)) = (
             apply.imap,
-            apply.master_user.clone(),
-            apply.master_password_file.clone(),
+            apply.master_user.as_deref(),
+            apply.master_password_file.as_deref(),
         ) else {
             return Ok(None);
         };
+        Dedupe::for_server(imap, master_user, path, timeout).map(Some)
+    }
+
+    /// Master-user access to the IMAP server at `imap`, the password read from the first
+    /// line of `password_file`.
+    pub fn for_server(
+        imap: SocketAddr,
+        master_user: &str,
+        password_file: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<Dedupe, DedupeError> {
+        let path = password_file.to_path_buf();
         let text = std::fs::read_to_string(&path).map_err(|source| DedupeError::Read {
             path: path.clone(),
             source,
@@ -100,12 +112,12 @@ impl Dedupe {
         if password.is_empty() {
             return Err(DedupeError::Empty { path });
         }
-        Ok(Some(Dedupe {
+        Ok(Dedupe {
             imap,
-            master_user,
+            master_user: master_user.to_string(),
             password: Password(password),
             timeout,
-        }))
+        })
     }
 
     /// A session at the standby logged in to `user`'s mailboxes as the master user.

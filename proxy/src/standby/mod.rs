@@ -11,7 +11,7 @@ pub mod dedupe;
 mod imap_client;
 mod imap_wire;
 mod link;
-mod mailbox;
+pub(crate) mod mailbox;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

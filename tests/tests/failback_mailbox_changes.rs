@@ -1,0 +1,147 @@
+//! What a client changes in its mailboxes at the replica while that is the active site
+//! reaches the primary before a failback: a message saved to Sent (APPEND), a folder it
+//! created and a message it copied there. The replica keeps one copy of each (its applier
+//! does not make them again), and back at the primary the client's session finds them.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use levee_proxy::admin::{Role, tokens};
+use levee_proxy::mailstack::free_port;
+use levee_tests::clients::admin_call;
+use levee_tests::imap_steps::ImapSteps;
+use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
+use serde_json::{Value, json};
+
+fn uid_of(list: &[Value], message_id: &str) -> Option<u64> {
+    let wanted = format!("<{message_id}>");
+    list.iter()
+        .find(|m| m["message_id"] == wanted.as_str())
+        .and_then(|m| m["uid"].as_u64())
+}
+
+/// How many messages of `mailbox` carry `message_id`, asked of a Dovecot directly.
+fn count_in(steps: &mut ImapSteps, mailbox: &str, message_id: &str) -> Option<usize> {
+    if steps.step(json!({"op": "select", "mailbox": mailbox}))["ok"] != true {
+        return None;
+    }
+    let wanted = format!("<{message_id}>");
+    Some(
+        steps
+            .list()
+            .iter()
+            .filter(|m| m["message_id"] == wanted.as_str())
+            .count(),
+    )
+}
+
+fn wait_until(what: &str, log: impl Fn() -> String, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn changes_made_at_the_replica_reach_the_primary_before_failback() {
+    let secrets = tempfile::tempdir().unwrap();
+    let operator = tokens::generate("ops", Role::Operator).unwrap();
+    let tokens_file = secrets.path().join("admin-tokens");
+    std::fs::write(&tokens_file, format!("{}\n", operator.line)).unwrap();
+    let port = free_port().unwrap();
+    let replica = ReplicaSite::start("back-replica", LeveeMode::Child);
+    let extra = replica.primary_extra(&format!(
+        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
+         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\ndrain_timeout = \"5s\"\n",
+        tokens_file.display()
+    ));
+    let primary = Site::start_with("back-primary", LeveeMode::Child, &extra);
+    let api = |path: &str, body: &str| {
+        admin_call(
+            port,
+            Some(&primary.cert_path()),
+            Some(&operator.token),
+            "POST",
+            path,
+            Some(body),
+        )
+    };
+    let log = || tail(&primary.levee.log(), 40);
+
+    let sent = send_sample(
+        primary.dir.path(),
+        primary.levee.ports.relay,
+        "before@example.org",
+        "alice@example.test",
+    );
+    assert_eq!(sent["code"], 250, "{sent}");
+    primary.wait_for_messages("alice", &["before@example.org".into()], 20);
+    replica.wait_for_messages("alice", &["before@example.org".into()], 20);
+
+    let password = primary.password("alice");
+    let mut client = ImapSteps::login(primary.levee.ports.imaps, "alice", &password);
+    client.ok(json!({"op": "create", "mailbox": "Sent"}));
+    client.select("INBOX");
+    let inbox = client.list();
+    let before = uid_of(&inbox, "before@example.org").expect("the message in INBOX");
+    // The Sent folder exists at the replica too before the switch.
+    let replica_password = replica
+        .stack
+        .users()
+        .iter()
+        .find(|(user, _)| user == "alice")
+        .map(|(_, password)| password.clone())
+        .expect("alice at the replica");
+    let at_replica = |mailbox: &str, id: &str| {
+        let password = &replica_password;
+        let mut direct = ImapSteps::login_plain(replica.stack.imap_addr(), "alice", password);
+        count_in(&mut direct, mailbox, id)
+    };
+    wait_until("Sent never reached the replica", log, || {
+        at_replica("Sent", "none@example.org").is_some()
+    });
+
+    let switched = api("/v1/switchover", r#"{"to": "replica", "reason": "drill"}"#);
+    assert_eq!(switched["status"], 200, "{switched}\n{}", log());
+
+    // At the replica, through levee: save a sent message, make a folder, copy into it.
+    client.ok(json!({"op": "noop"}));
+    let outgoing = b"From: alice@example.test\r\nTo: transplant@example.org\r\nSubject: donor match\r\nMessage-ID: <outage-sent@example.test>\r\n\r\nThe kidney is on its way.\r\n";
+    client.ok(json!({
+        "op": "append", "mailbox": "Sent", "flags": "(\\Seen)",
+        "message_b64": base64::engine::general_purpose::STANDARD.encode(outgoing),
+    }));
+    client.ok(json!({"op": "create", "mailbox": "Outage"}));
+    client.ok(json!({"op": "copy", "uid": before, "mailbox": "Outage"}));
+
+    let back = api("/v1/failback", r#"{"reason": "primary fine"}"#);
+    assert_eq!(back["status"], 200, "{back}\n{}", log());
+
+    // The primary has each change once; the replica too (its applier did not redo them).
+    let at_primary = |mailbox: &str, id: &str| {
+        let mut direct = ImapSteps::login_plain(primary.stack.imap_addr(), "alice", &password);
+        count_in(&mut direct, mailbox, id)
+    };
+    assert_eq!(at_primary("Sent", "outage-sent@example.test"), Some(1));
+    assert_eq!(at_primary("Outage", "before@example.org"), Some(1));
+    assert_eq!(at_replica("Sent", "outage-sent@example.test"), Some(1));
+    assert_eq!(at_replica("Outage", "before@example.org"), Some(1));
+
+    // The client, moved back on its connection, finds the sent message in Sent.
+    client.ok(json!({"op": "noop"}));
+    client.select("Sent");
+    let sent_box = client.list();
+    assert!(
+        uid_of(&sent_box, "outage-sent@example.test").is_some(),
+        "{sent_box:?}\n{}",
+        log()
+    );
+    // Three changes copied by the resync (no message: the one mail came before).
+    assert_eq!(
+        primary.levee.metric("levee_resync_delivered_total"),
+        Some(3.0),
+        "{}",
+        log()
+    );
+}
