@@ -240,3 +240,50 @@ fn alerts_need_real_addresses() {
         );
     }
 }
+
+#[test]
+fn the_primary_master_user_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("master.pw");
+    std::fs::write(&password, "secret\n").unwrap();
+    let with = |keys: &str| {
+        MINIMAL.replace(
+            "smtp = \"127.0.0.1:2525\"\n",
+            &format!("smtp = \"127.0.0.1:2525\"\n{keys}"),
+        )
+    };
+    let good = with(&format!(
+        "imap = \"127.0.0.1:143\"\nmaster_user = \"levee-master\"\nmaster_password_file = \"{}\"\n",
+        password.display()
+    ));
+    let config = Config::from_toml(&good).unwrap_or_else(|e| panic!("{e}\n{good}"));
+    assert_eq!(
+        config.upstream.primary.master_user.as_deref(),
+        Some("levee-master")
+    );
+    // A user without its password, a password file that is not there, no IMAP server.
+    let errs = problems(&with("imap = \"127.0.0.1:143\"\nmaster_user = \"m\"\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("upstream.primary.master_user") && e.contains("together")),
+        "{errs:?}"
+    );
+    let errs = problems(&with(&format!(
+        "imap = \"127.0.0.1:143\"\nmaster_user = \"m\"\nmaster_password_file = \"{}\"\n",
+        dir.path().join("absent").display()
+    )));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("upstream.primary.master_password_file")),
+        "{errs:?}"
+    );
+    let errs = problems(&with(&format!(
+        "master_user = \"m\"\nmaster_password_file = \"{}\"\n",
+        password.display()
+    )));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("upstream.primary.master_user") && e.contains("imap")),
+        "{errs:?}"
+    );
+}

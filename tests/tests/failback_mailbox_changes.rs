@@ -1,6 +1,6 @@
 //! What a client changes in its mailboxes at the replica while that is the active site
 //! reaches the primary before a failback: a message saved to Sent (APPEND), a folder it
-//! created and a message it copied there. The replica keeps one copy of each (its applier
+//! created and a message it copied there, a flag it set and a message it deleted. The replica keeps one copy of each (its applier
 //! does not make them again), and back at the primary the client's session finds them.
 
 use std::time::{Duration, Instant};
@@ -69,15 +69,19 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     };
     let log = || tail(&primary.levee.log(), 40);
 
-    let sent = send_sample(
-        primary.dir.path(),
-        primary.levee.ports.relay,
-        "before@example.org",
-        "alice@example.test",
-    );
-    assert_eq!(sent["code"], 250, "{sent}");
-    primary.wait_for_messages("alice", &["before@example.org".into()], 20);
-    replica.wait_for_messages("alice", &["before@example.org".into()], 20);
+    let early = ["before@example.org", "doomed@example.org"];
+    for id in early {
+        let sent = send_sample(
+            primary.dir.path(),
+            primary.levee.ports.relay,
+            id,
+            "alice@example.test",
+        );
+        assert_eq!(sent["code"], 250, "{sent}");
+    }
+    let early: Vec<String> = early.iter().map(|s| s.to_string()).collect();
+    primary.wait_for_messages("alice", &early, 20);
+    replica.wait_for_messages("alice", &early, 20);
 
     let password = primary.password("alice");
     let mut client = ImapSteps::login(primary.levee.ports.imaps, "alice", &password);
@@ -85,6 +89,7 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     client.select("INBOX");
     let inbox = client.list();
     let before = uid_of(&inbox, "before@example.org").expect("the message in INBOX");
+    let doomed = uid_of(&inbox, "doomed@example.org").expect("the message in INBOX");
     // The Sent folder exists at the replica too before the switch.
     let replica_password = replica
         .stack
@@ -114,6 +119,23 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     }));
     client.ok(json!({"op": "create", "mailbox": "Outage"}));
     client.ok(json!({"op": "copy", "uid": before, "mailbox": "Outage"}));
+    client.ok(json!({"op": "flag", "uid": before, "flag": "\\Flagged"}));
+    client.ok(json!({"op": "delete", "uid": doomed}));
+    // levee follows INBOX at the replica too, and journals the flag and the expunge.
+    wait_until(
+        "the flag and the expunge at the replica were not journaled",
+        log,
+        || {
+            let metrics = primary.levee.metrics();
+            ["flags", "expunge"].iter().all(|change| {
+                metrics.lines().any(|l| {
+                    l.starts_with(&format!(
+                        "levee_imap_changes_journaled_total{{change=\"{change}\"}}"
+                    ))
+                })
+            })
+        },
+    );
 
     let back = api("/v1/failback", r#"{"reason": "primary fine"}"#);
     assert_eq!(back["status"], 200, "{back}\n{}", log());
@@ -124,6 +146,18 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
         count_in(&mut direct, mailbox, id)
     };
     assert_eq!(at_primary("Sent", "outage-sent@example.test"), Some(1));
+    assert_eq!(at_primary("INBOX", "doomed@example.org"), Some(0));
+    let flagged = {
+        let mut direct = ImapSteps::login_plain(primary.stack.imap_addr(), "alice", &password);
+        direct.select("INBOX");
+        let list = direct.list();
+        let wanted = "<before@example.org>";
+        list.iter()
+            .find(|m| m["message_id"] == wanted)
+            .map(|m| m["flags"].to_string())
+            .unwrap_or_default()
+    };
+    assert!(flagged.contains("Flagged"), "{flagged}\n{}", log());
     assert_eq!(at_primary("Outage", "before@example.org"), Some(1));
     assert_eq!(at_replica("Sent", "outage-sent@example.test"), Some(1));
     assert_eq!(at_replica("Outage", "before@example.org"), Some(1));
@@ -137,11 +171,12 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
         "{sent_box:?}\n{}",
         log()
     );
-    // Three changes copied by the resync (no message: the one mail came before).
-    assert_eq!(
-        primary.levee.metric("levee_resync_delivered_total"),
-        Some(3.0),
-        "{}",
-        log()
-    );
+    // Every change copied by the resync (no message: the mail came before): append,
+    // create, copy, expunge, and the flags (\Flagged, and \Deleted before the expunge
+    // when levee looked in between).
+    let copied = primary
+        .levee
+        .metric("levee_resync_delivered_total")
+        .unwrap_or(0.0);
+    assert!((5.0..=6.0).contains(&copied), "{copied}\n{}", log());
 }

@@ -23,17 +23,8 @@ impl Session {
     pub(super) fn finished(&mut self, finished: Finished) {
         match finished {
             Finished::Selected => {
-                self.following = None;
-                if self.backend == Backend::Primary
-                    && let (Some(login), Some(name), Some(addr)) = (
-                        self.state.login.clone(),
-                        self.state.selected_name(),
-                        self.shared.imap_addr(Backend::Primary),
-                    )
-                {
-                    self.following = Some(self.shared.registry.follow(&login, &name, addr));
-                    self.await_catalogue = true;
-                }
+                self.follow_selected();
+                self.await_catalogue = self.following.is_some();
             }
             Finished::Deselected => {
                 self.following = None;
@@ -42,6 +33,20 @@ impl Session {
             }
             Finished::Changed(change) => self.journal_change(change),
             Finished::Other => {}
+        }
+    }
+
+    /// Has levee follow the selected mailbox at this session's site (what clients change
+    /// there is journaled for the other site).
+    pub(super) fn follow_selected(&mut self) {
+        self.following = None;
+        if let (Some(login), Some(name), Some(addr)) = (
+            self.state.login.clone(),
+            self.state.selected_name(),
+            self.shared.imap_addr(self.backend),
+        ) {
+            let registry = &self.shared.registry;
+            self.following = Some(registry.follow(self.backend, &login, &name, addr));
         }
     }
 
@@ -54,7 +59,7 @@ impl Session {
         let change = match change {
             Change::Touch => {
                 if let Some(name) = selected {
-                    registry.poke(&(login.user.clone(), name));
+                    registry.poke(self.backend, &(login.user.clone(), name));
                 }
                 return;
             }
@@ -74,7 +79,7 @@ impl Session {
                     return;
                 };
                 let key = (login.user.clone(), from.clone());
-                registry.poke(&key);
+                registry.poke(self.backend, &key);
                 let Some(catalogue) = registry.catalogue(&key) else {
                     tracing::warn!(mailbox = %from, "a copy from a mailbox levee does not follow is not journaled");
                     return;
@@ -232,9 +237,15 @@ impl Session {
     pub(super) async fn arrive(&mut self, pump: &mut Pump, listed: Option<Vec<u32>>) {
         self.translation = None;
         self.seqmap = None;
+        self.follow_selected();
         let Some(name) = self.state.selected_name() else {
             return;
         };
+        // What the client changes from now on must be news to the follower, not its
+        // starting point.
+        if let Some(following) = &self.following {
+            following.ready(super::session::CATALOGUE_WAIT).await;
+        }
         self.translation = self.translation_for(&name).await;
         if let (Some(t), Some(listed)) = (&self.translation, &listed) {
             self.seqmap = SeqMap::new(t, listed, 0).map(Box::new);

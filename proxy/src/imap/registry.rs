@@ -19,6 +19,7 @@ use super::identity::{self, fetch_known};
 use super::state::Credentials;
 use super::tracker;
 use super::uidmap::{Catalogue, Translation};
+use crate::failover::controller::Backend;
 use crate::failover::driver::Failover;
 use crate::smtp::now_ms;
 
@@ -59,7 +60,10 @@ impl Followed {
 /// Shared by every IMAP session.
 #[derive(Debug)]
 pub struct Registry {
+    /// Mailboxes followed at the primary (their catalogues serve UID continuity) and at
+    /// the replica (for what clients change there while it is active).
     followed: Mutex<HashMap<Key, Arc<Followed>>>,
+    followed_at_replica: Mutex<HashMap<Key, Arc<Followed>>>,
     /// On the replica: per mailbox, how its clients see it.
     pub(super) translations: Mutex<HashMap<Key, Shown>>,
     /// At the primary after a failback: per mailbox, how its clients see it
@@ -130,6 +134,7 @@ impl Registry {
         tokio::spawn(write_replica_changes(journal.clone(), queue));
         let registry = Arc::new(Registry {
             followed: Mutex::new(HashMap::new()),
+            followed_at_replica: Mutex::new(HashMap::new()),
             translations: Mutex::new(HashMap::new()),
             homes: Mutex::new(HashMap::new()),
             any_home: std::sync::atomic::AtomicBool::new(super::homecoming::any_kept(&journal)),
@@ -145,11 +150,17 @@ impl Registry {
         registry
     }
 
-    /// Follows `mailbox` of the user logged in with `login` at the primary's `addr`.
-    pub fn follow(&self, login: &Credentials, mailbox: &str, addr: SocketAddr) -> Following {
+    /// Follows `mailbox` of the user logged in with `login` at `site`'s IMAP server `addr`.
+    pub fn follow(
+        &self,
+        site: Backend,
+        login: &Credentials,
+        mailbox: &str,
+        addr: SocketAddr,
+    ) -> Following {
         let key = (login.user.clone(), mailbox.to_string());
         let followed = self
-            .lock_followed()
+            .lock_followed_at(site)
             .entry(key.clone())
             .or_insert_with(|| {
                 Arc::new(Followed {
@@ -168,10 +179,14 @@ impl Registry {
             let token = self.shutdown.child_token();
             *stop = Some(token.clone());
             let follower = tracker::Follower {
+                site,
                 followed: followed.clone(),
                 login: login.clone(),
                 addr,
-                changes: self.changes.clone(),
+                changes: match site {
+                    Backend::Primary => self.changes.clone(),
+                    Backend::Replica => self.at_replica.clone(),
+                },
                 failover: self.failover.clone(),
                 limit: self.limit,
             };
@@ -188,9 +203,9 @@ impl Registry {
         (catalogue.uidvalidity != 0).then_some(catalogue)
     }
 
-    /// Looks at a followed mailbox again now (a session just changed it).
-    pub fn poke(&self, key: &Key) {
-        if let Some(followed) = self.lock_followed().get(key) {
+    /// Looks at a mailbox followed at `site` again now (a session just changed it).
+    pub fn poke(&self, site: Backend, key: &Key) {
+        if let Some(followed) = self.lock_followed_at(site).get(key) {
             followed.poke.notify_one();
         }
     }
@@ -285,7 +300,15 @@ impl Registry {
     }
 
     fn lock_followed(&self) -> MutexGuard<'_, HashMap<Key, Arc<Followed>>> {
-        self.followed.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock_followed_at(Backend::Primary)
+    }
+
+    fn lock_followed_at(&self, site: Backend) -> MutexGuard<'_, HashMap<Key, Arc<Followed>>> {
+        let map = match site {
+            Backend::Primary => &self.followed,
+            Backend::Replica => &self.followed_at_replica,
+        };
+        map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

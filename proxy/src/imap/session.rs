@@ -37,7 +37,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// ...and an idle session waits with this much, each way.
 const IDLE_READ: usize = 512;
 /// Longest a SELECT's OK waits for levee to know the mailbox at the primary.
-const CATALOGUE_WAIT: Duration = Duration::from_secs(5);
+pub(super) const CATALOGUE_WAIT: Duration = Duration::from_secs(5);
 
 /// How a call to [`Session::serve`] ended.
 #[derive(Debug, PartialEq, Eq)]

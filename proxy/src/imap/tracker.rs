@@ -1,11 +1,12 @@
-//! Following one mailbox at the primary on levee's own connection (logged in as the user,
-//! the mailbox EXAMINEd, in IDLE between looks): it keeps the [`Catalogue`] current for UID
-//! continuity, and journals what clients changed — flags and expunges — so the replica's
-//! applier can do the same.
+//! Following one mailbox at one site on levee's own connection (logged in as the user, the
+//! mailbox EXAMINEd, in IDLE between looks): it keeps the [`Catalogue`] current (at the
+//! primary, for UID continuity), and journals what clients changed — flags and expunges —
+//! so that the other site can do the same: at the primary for the replica's applier; at
+//! the replica, while it is the active site, for the primary before a failback.
 //!
-//! It journals only while the primary is the active backend. After a failover it stops and
-//! the catalogue stays as it was: a primary that comes back must never be able to tell the
-//! replica that mail is gone.
+//! It journals only while its site is the active one, and pauses while it is not: the
+//! catalogue then stays as it was (a primary that comes back must never be able to tell
+//! the replica that mail is gone), and it resumes when its site is active again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use super::identity::{self, fetch_known};
 use super::registry::Followed;
 use super::state::Credentials;
 use crate::failover::controller::Backend;
+use crate::failover::driver::Active;
 use crate::failover::driver::Failover;
 
 /// Longest stay in IDLE without a look (servers drop IDLE after 30 minutes).
@@ -32,6 +34,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The task that follows one mailbox.
 #[derive(Debug)]
 pub struct Follower {
+    /// The site it follows the mailbox at.
+    pub site: Backend,
     pub followed: Arc<Followed>,
     pub login: Credentials,
     pub addr: SocketAddr,
@@ -43,10 +47,14 @@ pub struct Follower {
 impl Follower {
     pub async fn run(self, stop: CancellationToken) {
         let (user, mailbox) = self.followed.key.clone();
+        let site = self.site;
         loop {
-            if !self.primary_active() {
-                tracing::debug!(%user, %mailbox, "the primary is not active; no longer following");
-                return;
+            if !self.site_active() {
+                tracing::debug!(%user, %mailbox, ?site, "the site is not active; following paused");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.until_active() => continue,
+                }
             }
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -62,10 +70,22 @@ impl Follower {
         }
     }
 
-    fn primary_active(&self) -> bool {
-        self.failover
-            .as_ref()
-            .is_none_or(|f| f.active().backend == Backend::Primary)
+    fn site_active(&self) -> bool {
+        match &self.failover {
+            Some(f) => f.active().backend == self.site,
+            None => self.site == Backend::Primary,
+        }
+    }
+
+    /// Returns once the site is the active one (never, without failover at the replica).
+    async fn until_active(&self) {
+        let Some(failover) = &self.failover else {
+            return std::future::pending().await;
+        };
+        let mut watch = failover.watch();
+        let _ = watch
+            .wait_for(|active: &Active| active.backend == self.site)
+            .await;
     }
 
     async fn follow(&self) -> Result<(), ConnError> {
@@ -99,13 +119,13 @@ impl Follower {
                 tracing::debug!(
                     user = %self.followed.key.0, mailbox = %mailbox,
                     messages = self.followed.catalogue().messages.len(), validity,
-                    "following the mailbox at the primary"
+                    site = ?self.site, "following the mailbox"
                 );
                 self.followed.ready.send_replace(true);
                 first = false;
             }
             self.idle(&mut conn).await?;
-            if !self.primary_active() {
+            if !self.site_active() {
                 return Ok(());
             }
         }
@@ -164,9 +184,9 @@ impl Follower {
                 catalogue.messages.insert(known.uid, known);
             }
         }
-        // Journal only while the primary is active: after a failover, what the primary
-        // says is not news for the replica.
-        if !self.primary_active() {
+        // Journal only while the site is active: what the other site's clients did is not
+        // news, and after a failover what the primary says is not news for the replica.
+        if !self.site_active() {
             return Ok(false);
         }
         let user = &self.followed.key.0;
