@@ -22,6 +22,8 @@ use super::state::{SessionState, Status, tagged_status};
 use crate::failover::controller::Backend;
 
 const MAX_LINE: u64 = 64 * 1024;
+/// Rebuilds tried after a session's server went away, each after the failover decision.
+const RELOCATE_TRIES: usize = 3;
 /// Untagged lines read while waiting for one completion before giving up.
 const MAX_LINES: usize = 10_000;
 
@@ -290,28 +292,54 @@ impl Session {
             pump.closing = true;
             return;
         };
-        failover.upstream_error(self.backend);
         let settings = &self.shared.config.failover;
-        let decide = (settings.probe_interval + settings.probe_timeout) * (settings.failures + 1);
-        let mut watch = failover.watch();
-        let _ = tokio::time::timeout(decide.min(Duration::from_secs(15)), async {
-            while watch.borrow_and_update().backend == self.backend {
-                if watch.changed().await.is_err() {
-                    return;
+        let decide = ((settings.probe_interval + settings.probe_timeout) * (settings.failures + 1))
+            .min(Duration::from_secs(15));
+        // The server that failed may still count as active for a moment (its checks have
+        // not all failed yet): a rebuild that fails then waits for the decision once more.
+        let mut lost = self.backend;
+        for attempt in 0..RELOCATE_TRIES {
+            failover.upstream_error(lost);
+            let mut watch = failover.watch();
+            let _ = tokio::time::timeout(decide, async {
+                while watch.borrow_and_update().backend == lost {
+                    if watch.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            let target = failover.active().backend;
+            match self.try_migrate(pump, target).await {
+                Ok(()) => return,
+                Err(err) if attempt + 1 < RELOCATE_TRIES => {
+                    tracing::info!(to = ?target, %err, "could not move the IMAP session yet; waiting for the failover decision");
+                    lost = target;
+                }
+                Err(err) => {
+                    tracing::warn!(to = ?target, %err, "could not move the IMAP session");
+                    pump.say(
+                        b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n",
+                    );
+                    pump.closing = true;
                 }
             }
-        })
-        .await;
-        let target = failover.active().backend;
-        self.migrate(pump, target).await;
+        }
     }
 
     async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
+        if let Err(err) = self.try_migrate(pump, target).await {
+            tracing::warn!(to = ?target, %err, "could not move the IMAP session");
+            pump.say(b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n");
+            pump.closing = true;
+        }
+    }
+
+    /// Rebuilds the session on `target`; on failure nothing of the session has changed.
+    async fn try_migrate(&mut self, pump: &mut Pump, target: Backend) -> Result<(), String> {
         let started = std::time::Instant::now();
         let Some(addr) = self.shared.imap_addr(target) else {
-            pump.say(b"* BYE [UNAVAILABLE] No IMAP server to move this session to\r\n");
-            pump.closing = true;
-            return;
+            return Err("no IMAP server to move this session to".into());
         };
         let limit = self.shared.config.imap.connect_timeout;
         // A failover moves every session at once: a bounded number rebuild at a time, and
@@ -348,14 +376,9 @@ impl Session {
                 tracing::info!(to = ?target, elapsed = ?started.elapsed(), "IMAP session moved");
                 self.scanner.push(&rebuilt.leftover);
                 self.relay_responses(pump);
+                Ok(())
             }
-            Err(err) => {
-                tracing::warn!(to = ?target, %err, "could not move the IMAP session");
-                pump.say(
-                    b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n",
-                );
-                pump.closing = true;
-            }
+            Err(err) => Err(err),
         }
     }
 }

@@ -365,14 +365,20 @@ impl Daemon {
             (false, Some(master)) => kill_tree(master, timeout),
             (_, None) => Ok(()),
         };
+        // A frozen daemon (SIGSTOP) has a frozen child too: once the master is dead, let the
+        // child run again so that it can reap it and exit.
+        let _ = signal_group(self.child.id(), "CONT");
         // Our child exits once the master is gone (unshare, or postfix-script's shell); let it
         // reap the master before anything kills it.
         while self.is_running() && Instant::now() < deadline {
             sleep(Duration::from_millis(1));
         }
+        // Whatever is left gets a moment to die of its SIGKILL, even past the deadline.
         let rest = kill_group_and_wait(
             self.child.id(),
-            deadline.saturating_duration_since(Instant::now()),
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(2)),
         );
         let _ = self.child.kill();
         let _ = self.child.wait();
