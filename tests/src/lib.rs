@@ -13,6 +13,7 @@
 //! A missing Postfix or Dovecot is a loud failure, never a skip: every test calls
 //! [`Site::start`], which panics with the install command when they are absent.
 
+pub mod admin;
 pub mod bench;
 pub mod clients;
 pub mod imap_load;
@@ -86,6 +87,18 @@ impl Site {
     /// Waits until `user`'s Maildir holds a message containing each of `needles`.
     pub fn wait_for_messages(&self, user: &str, needles: &[String], secs: u64) -> Vec<Vec<u8>> {
         wait_for_messages(&self.stack, user, needles, secs)
+    }
+
+    /// Sends a sample message for each Message-ID in `ids` to `rcpt` through levee's
+    /// relay listener (each must get 250), and waits until `user` has them all.
+    pub fn send_through_levee(&self, ids: &[&str], rcpt: &str, user: &str) -> Vec<String> {
+        for id in ids {
+            let verdict = send_sample(self.dir.path(), self.levee.ports.relay, id, rcpt);
+            assert_eq!(verdict["code"], 250, "{id}: {verdict}");
+        }
+        let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        self.wait_for_messages(user, &ids, 20);
+        ids
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use levee_proxy::admin::{Role, tokens};
-use levee_proxy::mailstack::free_port;
+use levee_proxy::admin::Role;
+use levee_tests::admin::{AdminSetup, FAST_FAILOVER};
 use levee_tests::clients::admin_call;
 use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
 use serde_json::Value;
@@ -67,33 +67,25 @@ fn active(status: &Value) -> (String, u64) {
 
 #[test]
 fn admin_api_enforces_tokens_and_switches_once() {
-    let secrets = tempfile::tempdir().unwrap();
-    let operator = tokens::generate("ops-phone", Role::Operator).unwrap();
-    let viewer = tokens::generate("dashboard", Role::Viewer).unwrap();
-    let tokens_file = secrets.path().join("admin-tokens");
-    std::fs::write(
-        &tokens_file,
-        format!("{}\n{}\n", operator.line, viewer.line),
-    )
-    .unwrap();
-    let port = free_port().unwrap();
+    let admin = AdminSetup::new(&[("ops-phone", Role::Operator), ("dashboard", Role::Viewer)]);
+    let (port, secrets) = (admin.port, &admin.secrets);
+    let (operator, viewer) = (admin.tokens[0].clone(), admin.tokens[1].clone());
 
     let mut replica = ReplicaSite::start("admin-replica", LeveeMode::Child);
     let extra = replica.primary_extra(&format!(
-        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
-         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"2s\"\n\n[alerts]\nto = [\"carol@example.test\"]\n",
-        tokens_file.display()
+        "{FAST_FAILOVER}{}\n[alerts]\nto = [\"carol@example.test\"]\n",
+        admin.section("max_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"2s\"")
     ));
     let mut primary = Site::start_with("admin-primary", LeveeMode::Child, &extra);
     let ca = primary.cert_path();
     let api = Admin { port, ca: &ca };
-    let (op, view) = (Some(operator.token.as_str()), Some(viewer.token.as_str()));
+    let (op, view) = (Some(operator.as_str()), Some(viewer.as_str()));
 
     // Reading needs a valid token; a viewer's is enough.
     assert_eq!(api.status_code(None, "GET", "/v1/status", None), 401);
-    let forged = format!("{}0", &viewer.token[..viewer.token.len() - 1]);
-    let forged = if forged == viewer.token {
-        viewer.token.replace('0', "1")
+    let forged = format!("{}0", &viewer[..viewer.len() - 1]);
+    let forged = if forged == viewer {
+        viewer.replace('0', "1")
     } else {
         forged
     };
@@ -172,15 +164,12 @@ fn admin_api_enforces_tokens_and_switches_once() {
         ca: &ca,
         dir: secrets.path(),
     };
-    let table = cli.run(&viewer.token, &["status"]);
+    let table = cli.run(&viewer, &["status"]);
     assert!(table.status.success(), "{table:?}");
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(table.contains("active site      primary\n"), "{table}");
     assert!(table.contains("replica          ok\n"), "{table}");
-    let refused = cli.run(
-        &viewer.token,
-        &["switchover", "--to", "replica", "--reason", "x"],
-    );
+    let refused = cli.run(&viewer, &["switchover", "--to", "replica", "--reason", "x"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("403"),
@@ -237,7 +226,7 @@ fn admin_api_enforces_tokens_and_switches_once() {
 
     // The operator's switchover (by the CLI) moves the site once; the same again is refused.
     let moved = cli.run(
-        &operator.token,
+        &operator,
         &[
             "switchover",
             "--to",
@@ -412,7 +401,7 @@ fn admin_api_enforces_tokens_and_switches_once() {
     );
     // No token reached the journal or the log.
     let log = primary.levee.log();
-    for secret in [&operator.token, &viewer.token] {
+    for secret in [&operator, &viewer] {
         assert!(!log.contains(secret.as_str()), "a token is in the log");
         assert!(!format!("{audits:?}").contains(secret.as_str()));
     }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use levee_proxy::admin::{Role, tokens};
-use levee_proxy::mailstack::free_port;
+use levee_proxy::admin::Role;
 use levee_proxy::tls::write_self_signed;
+use levee_tests::admin::AdminSetup;
 use levee_tests::{LeveeMode, Site, tail};
 use serde_json::Value;
 
@@ -20,22 +20,14 @@ fn identity(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn a_client_certificate_is_required_on_top_of_the_token() {
-    let secrets = tempfile::tempdir().unwrap();
-    let viewer = tokens::generate("noc-laptop", Role::Viewer).unwrap();
-    let tokens_file = secrets.path().join("admin-tokens");
-    std::fs::write(&tokens_file, format!("{}\n", viewer.line)).unwrap();
-    let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, format!("{}\n", viewer.token)).unwrap();
+    let admin = AdminSetup::new(&[("noc-laptop", Role::Viewer)]);
+    let (secrets, port) = (admin.secrets.path(), admin.port);
+    let token_file = secrets.join("token");
+    std::fs::write(&token_file, format!("{}\n", admin.tokens[0])).unwrap();
     // The admins' CA is, here, the one certificate it admits.
-    let (admin_cert, admin_key) = identity(secrets.path(), "noc-laptop.example.org");
-    let (stranger_cert, stranger_key) = identity(secrets.path(), "stranger.example.org");
-
-    let port = free_port().unwrap();
-    let extra = format!(
-        "\n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nclient_ca = \"{}\"\n",
-        tokens_file.display(),
-        admin_cert.display()
-    );
+    let (admin_cert, admin_key) = identity(secrets, "noc-laptop.example.org");
+    let (stranger_cert, stranger_key) = identity(secrets, "stranger.example.org");
+    let extra = admin.section(&format!("client_ca = \"{}\"", admin_cert.display()));
     let site = Site::start_with("admin-mtls", LeveeMode::Child, &extra);
     let cli = |identity: Option<(&Path, &Path)>| -> Output {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_levee-under-test"));

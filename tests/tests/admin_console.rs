@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use levee_proxy::admin::{Role, tokens};
-use levee_proxy::mailstack::free_port;
+use levee_tests::admin::{AdminSetup, FAST_FAILOVER};
 use levee_tests::clients::admin_call;
 use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
 use serde_json::Value;
@@ -72,23 +72,19 @@ fn active(status: &Value) -> (String, u64) {
 #[test]
 fn console_switches_over_in_headless_chromium() {
     ensure_browser_tools();
-    let secrets = tempfile::tempdir().unwrap();
-    let operator = tokens::generate("ops-console", Role::Operator).unwrap();
+    let admin = AdminSetup::new(&[("ops-console", Role::Operator)]);
     // Well formed, but not in the tokens file.
     let stranger = tokens::generate("stranger", Role::Operator).unwrap();
-    let tokens_file = secrets.path().join("admin-tokens");
-    std::fs::write(&tokens_file, format!("{}\n", operator.line)).unwrap();
-    let port = free_port().unwrap();
+    let (port, token) = (admin.port, admin.tokens[0].clone());
 
     let replica = ReplicaSite::start("console-replica", LeveeMode::Child);
     let extra = replica.primary_extra(&format!(
-        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
-         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\nmax_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"20s\"\n",
-        tokens_file.display()
+        "{FAST_FAILOVER}{}",
+        admin.section("max_failures = 5\nfailure_window = \"1m\"\ndrain_timeout = \"20s\"")
     ));
     let primary = Site::start_with("console-primary", LeveeMode::Child, &extra);
     let ca = primary.cert_path();
-    let api = |path: &str| admin_call(port, Some(&ca), Some(&operator.token), "GET", path, None);
+    let api = |path: &str| admin_call(port, Some(&ca), Some(&token), "GET", path, None);
     let status = api("/v1/status");
     assert_eq!(status["status"], 200, "{status}");
     let before = active(&status["body"]);
@@ -102,7 +98,7 @@ fn console_switches_over_in_headless_chromium() {
         .arg("console.mjs")
         .current_dir(console_dir())
         .env("LEVEE_CONSOLE_URL", format!("https://localhost:{port}/"))
-        .env("LEVEE_CONSOLE_TOKEN", &operator.token)
+        .env("LEVEE_CONSOLE_TOKEN", &token)
         .env("LEVEE_CONSOLE_WRONG_TOKEN", &stranger.token)
         .env("LEVEE_CONSOLE_SCREENSHOT", &screenshot)
         .env("CHROMIUM", CHROMIUM)

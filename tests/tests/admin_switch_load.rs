@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use levee_proxy::admin::{Role, tokens};
-use levee_proxy::mailstack::free_port;
+use levee_proxy::admin::Role;
+use levee_tests::admin::{AdminSetup, FAST_FAILOVER};
 use levee_tests::clients::admin_call;
 use levee_tests::imap_load::{ImapClient, Security, show};
 use levee_tests::load::{SmtpSession, message};
@@ -214,22 +214,18 @@ impl Api {
 
 #[test]
 fn switchover_and_failback_under_load_lose_nothing() {
-    let secrets = tempfile::tempdir().unwrap();
-    let operator = tokens::generate("ops-laptop", Role::Operator).unwrap();
-    let tokens_file = secrets.path().join("admin-tokens");
-    std::fs::write(&tokens_file, format!("{}\n", operator.line)).unwrap();
-    let port = free_port().unwrap();
+    let admin = AdminSetup::new(&[("ops-laptop", Role::Operator)]);
+    let (port, token) = (admin.port, admin.tokens[0].clone());
     let replica = ReplicaSite::start("switchload-replica", LeveeMode::Child);
     let extra = replica.primary_extra(&format!(
-        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
-         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\ndrain_timeout = \"3s\"\n\n[alerts]\nto = [\"carol@example.test\"]\n",
-        tokens_file.display()
+        "{FAST_FAILOVER}{}\n[alerts]\nto = [\"carol@example.test\"]\n",
+        admin.section("drain_timeout = \"3s\"")
     ));
     let mut primary = Site::start_with("switchload-primary", LeveeMode::Child, &extra);
     let api = Api {
         port,
         ca: primary.cert_path(),
-        token: operator.token.clone(),
+        token: token.clone(),
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let security = Security::tls(&primary.cert_path()).unwrap();
@@ -255,8 +251,8 @@ fn switchover_and_failback_under_load_lose_nothing() {
     let (_, epoch0) = active(&api);
 
     // The planned switchover, from the CLI, while mail keeps coming.
-    let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, format!("{}\n", operator.token)).unwrap();
+    let token_file = admin.secrets.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_levee-under-test"))
             .args(args)

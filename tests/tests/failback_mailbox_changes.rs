@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use levee_proxy::admin::{Role, tokens};
-use levee_proxy::mailstack::free_port;
+use levee_proxy::admin::Role;
+use levee_tests::admin::{AdminSetup, FAST_FAILOVER};
 use levee_tests::clients::admin_call;
 use levee_tests::imap_steps::ImapSteps;
-use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
+use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
 use serde_json::{Value, json};
 
 fn uid_of(list: &[Value], message_id: &str) -> Option<u64> {
@@ -45,23 +45,18 @@ fn wait_until(what: &str, log: impl Fn() -> String, mut check: impl FnMut() -> b
 
 #[test]
 fn changes_made_at_the_replica_reach_the_primary_before_failback() {
-    let secrets = tempfile::tempdir().unwrap();
-    let operator = tokens::generate("ops", Role::Operator).unwrap();
-    let tokens_file = secrets.path().join("admin-tokens");
-    std::fs::write(&tokens_file, format!("{}\n", operator.line)).unwrap();
-    let port = free_port().unwrap();
+    let admin = AdminSetup::new(&[("ops", Role::Operator)]);
     let replica = ReplicaSite::start("back-replica", LeveeMode::Child);
     let extra = replica.primary_extra(&format!(
-        "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"500ms\"\nfailures = 3\nhold_down = \"1s\"\n\
-         \n[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens = \"{}\"\ndrain_timeout = \"5s\"\n",
-        tokens_file.display()
+        "{FAST_FAILOVER}{}",
+        admin.section("drain_timeout = \"5s\"")
     ));
     let primary = Site::start_with("back-primary", LeveeMode::Child, &extra);
     let api = |path: &str, body: &str| {
         admin_call(
-            port,
+            admin.port,
             Some(&primary.cert_path()),
-            Some(&operator.token),
+            Some(&admin.tokens[0]),
             "POST",
             path,
             Some(body),
@@ -69,18 +64,11 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     };
     let log = || tail(&primary.levee.log(), 40);
 
-    let early = ["before@example.org", "doomed@example.org"];
-    for id in early {
-        let sent = send_sample(
-            primary.dir.path(),
-            primary.levee.ports.relay,
-            id,
-            "alice@example.test",
-        );
-        assert_eq!(sent["code"], 250, "{sent}");
-    }
-    let early: Vec<String> = early.iter().map(|s| s.to_string()).collect();
-    primary.wait_for_messages("alice", &early, 20);
+    let early = primary.send_through_levee(
+        &["before@example.org", "doomed@example.org"],
+        "alice@example.test",
+        "alice",
+    );
     replica.wait_for_messages("alice", &early, 20);
 
     let password = primary.password("alice");

@@ -84,18 +84,11 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
     assert_eq!(direct["code"], 250, "{direct}");
     primary.wait_for_messages("alice", &["direct@example.org".into()], 20);
     std::thread::sleep(Duration::from_millis(1100));
-    let ids = ["keep@example.org", "gone@example.org", "read@example.org"];
-    for id in ids {
-        let verdict = send_sample(
-            primary.dir.path(),
-            primary.levee.ports.relay,
-            id,
-            "alice@example.test",
-        );
-        assert_eq!(verdict["code"], 250, "{verdict}");
-    }
-    let all: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-    primary.wait_for_messages("alice", &all, 20);
+    let all = primary.send_through_levee(
+        &["keep@example.org", "gone@example.org", "read@example.org"],
+        "alice@example.test",
+        "alice",
+    );
     replica.wait_for_messages("alice", &all, 20);
 
     let password = primary.password("alice");

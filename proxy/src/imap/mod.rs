@@ -20,6 +20,8 @@ pub mod rewrite;
 pub mod seqmap;
 pub mod session;
 pub mod state;
+#[cfg(test)]
+mod test_support;
 pub mod tracker;
 pub mod uidmap;
 

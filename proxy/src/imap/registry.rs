@@ -129,9 +129,9 @@ impl Registry {
         shutdown: CancellationToken,
     ) -> Arc<Registry> {
         let (changes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_changes(journal.clone(), queue));
+        tokio::spawn(write_changes(journal.clone(), queue, Backend::Primary));
         let (at_replica, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_replica_changes(journal.clone(), queue));
+        tokio::spawn(write_changes(journal.clone(), queue, Backend::Replica));
         let registry = Arc::new(Registry {
             followed: Mutex::new(HashMap::new()),
             followed_at_replica: Mutex::new(HashMap::new()),
@@ -312,64 +312,47 @@ impl Registry {
     }
 }
 
-/// Appends each change to the journal, in order. At the primary a change has happened
-/// already: its state says so at once (only the replica's applier has work to do).
-async fn write_changes(journal: Journal, mut queue: mpsc::UnboundedReceiver<MailboxRecord>) {
-    while let Some(record) = queue.recv().await {
-        let change = record.change.name();
-        let new = NewRecord {
-            time_ms: now_ms(),
-            kind: RecordKind::Mailbox(record),
-        };
-        match journal.append(new).await {
-            Ok(appended) => {
-                let mut state = DeliveryState::pending(now_ms());
-                state.status = DeliveryStatus::Delivered;
-                state.last_reply = Some("made at the primary by the client".into());
-                if let Err(err) = journal.set_state(appended.seq, &state) {
-                    tracing::warn!(%err, seq = appended.seq, "cannot mark a mailbox change");
-                }
-                metrics::counter!(crate::metrics::IMAP_CHANGES_JOURNALED, "change" => change)
-                    .increment(1);
-                tracing::debug!(seq = appended.seq, change, "mailbox change journaled");
-            }
-            Err(err) => {
-                metrics::counter!(crate::metrics::IMAP_CHANGES_LOST).increment(1);
-                tracing::error!(%err, change, "a mailbox change could not be journaled; the replica will not see it");
-            }
-        }
-    }
-}
-
-/// Appends each change made at the replica to the journal, in order, and puts it on the
-/// primary's work list ([`crate::resync`] applies it there).
-async fn write_replica_changes(
+/// Appends each change made at `site` to the journal, in order, for the other site. A
+/// change made at the primary has happened already: its state says so at once (only the
+/// replica's applier has work to do). One made at the replica goes on the primary's work
+/// list ([`crate::resync`] makes it there).
+async fn write_changes(
     journal: Journal,
     mut queue: mpsc::UnboundedReceiver<MailboxRecord>,
+    site: Backend,
 ) {
     while let Some(record) = queue.recv().await {
         let change = record.change.name();
+        let kind = match site {
+            Backend::Primary => RecordKind::Mailbox(record),
+            Backend::Replica => RecordKind::MailboxAtReplica(record),
+        };
         let new = NewRecord {
             time_ms: now_ms(),
-            kind: RecordKind::MailboxAtReplica(record),
+            kind,
         };
-        match journal.append(new).await {
-            Ok(appended) => {
-                if let Err(err) = journal.resync_mark(appended.seq) {
-                    tracing::error!(%err, seq = appended.seq, change, "a mailbox change made at the replica will not reach the primary");
-                }
-                metrics::counter!(crate::metrics::IMAP_CHANGES_JOURNALED, "change" => change)
-                    .increment(1);
-                tracing::debug!(
-                    seq = appended.seq,
-                    change,
-                    "mailbox change at the replica journaled"
-                );
-            }
+        let appended = match journal.append(new).await {
+            Ok(appended) => appended,
             Err(err) => {
                 metrics::counter!(crate::metrics::IMAP_CHANGES_LOST).increment(1);
-                tracing::error!(%err, change, "a mailbox change made at the replica could not be journaled; the primary will not see it");
+                tracing::error!(%err, change, ?site, "a mailbox change could not be journaled; the other site will not see it");
+                continue;
             }
+        };
+        let seq = appended.seq;
+        let marked = match site {
+            Backend::Primary => {
+                let mut state = DeliveryState::pending(now_ms());
+                state.status = DeliveryStatus::Delivered;
+                state.last_reply = Some("made at the primary by the client".into());
+                journal.set_state(seq, &state)
+            }
+            Backend::Replica => journal.resync_mark(seq),
+        };
+        if let Err(err) = marked {
+            tracing::error!(%err, seq, change, ?site, "cannot mark a journaled mailbox change; the other site may not see it");
         }
+        metrics::counter!(crate::metrics::IMAP_CHANGES_JOURNALED, "change" => change).increment(1);
+        tracing::debug!(seq, change, ?site, "mailbox change journaled");
     }
 }

@@ -1,31 +1,12 @@
 use imap_codec::decode::Decoder;
 
 use super::*;
-use crate::imap::identity::{Identity, Known};
-use crate::imap::uidmap::Catalogue;
-
-fn known(uid: u32, name: &str) -> Known {
-    Known {
-        uid,
-        identity: Identity {
-            trace: Some(format!("L{name}.0011223344556677")),
-            ..Identity::default()
-        },
-        flags: Vec::new(),
-    }
-}
+use crate::imap::test_support::{catalogue, known};
 
 /// Primary UIDs 10, 11, 15 (UIDVALIDITY 1111, UIDNEXT 16) are the replica's 1, 2, 3;
 /// the replica's 4 arrived after the failover and is presented as 16.
 fn translation() -> Translation {
-    let primary = Catalogue {
-        uidvalidity: 1111,
-        uidnext: 16,
-        messages: [known(10, "1"), known(11, "2"), known(15, "3")]
-            .into_iter()
-            .map(|k| (k.uid, k))
-            .collect(),
-    };
+    let primary = catalogue(vec![known(10, "1"), known(11, "2"), known(15, "3")], 16);
     let replica = [known(1, "1"), known(2, "2"), known(3, "3"), known(4, "4")];
     Translation::build(&primary, &replica, 2222).unwrap()
 }

@@ -1,29 +1,13 @@
 use super::*;
-use crate::imap::identity::{Identity, Known};
-use crate::imap::uidmap::Catalogue;
-
-fn known(uid: u32, name: &str) -> Known {
-    Known {
-        uid,
-        identity: Identity {
-            trace: Some(format!("L{name}.0011223344556677")),
-            ..Identity::default()
-        },
-        flags: Vec::new(),
-    }
-}
+use crate::imap::test_support::{catalogue, known};
 
 /// The primary stored messages a, b, c, d as UIDs 1, 2, 3, 4; the replica stored them as
 /// b, a, d, c (UIDs 1..4), then e arrived there (UID 5, presented as 5).
 fn translation() -> Translation {
-    let primary = Catalogue {
-        uidvalidity: 1111,
-        uidnext: 5,
-        messages: [known(1, "a"), known(2, "b"), known(3, "c"), known(4, "d")]
-            .into_iter()
-            .map(|k| (k.uid, k))
-            .collect(),
-    };
+    let primary = catalogue(
+        vec![known(1, "a"), known(2, "b"), known(3, "c"), known(4, "d")],
+        5,
+    );
     let replica = [
         known(1, "b"),
         known(2, "a"),
@@ -133,14 +117,7 @@ fn expunges_and_arrivals_keep_both_orders_in_step() {
 
 #[test]
 fn no_map_when_the_orders_agree() {
-    let primary = Catalogue {
-        uidvalidity: 1,
-        uidnext: 3,
-        messages: [known(1, "a"), known(2, "b")]
-            .into_iter()
-            .map(|k| (k.uid, k))
-            .collect(),
-    };
+    let primary = catalogue(vec![known(1, "a"), known(2, "b")], 3);
     let t = Translation::build(&primary, &[known(7, "a"), known(9, "b")], 2).unwrap();
     assert!(t.ordered);
     assert_eq!(SeqMap::new(&t, &[7, 9], 2), None);

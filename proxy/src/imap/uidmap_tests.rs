@@ -1,16 +1,5 @@
 use super::*;
-
-fn known(uid: u32, name: &str) -> Known {
-    Known {
-        uid,
-        identity: Identity {
-            trace: Some(format!("L{name}.0011223344556677")),
-            message_id: None,
-            size: 100,
-        },
-        flags: Vec::new(),
-    }
-}
+use crate::imap::test_support::{catalogue, known};
 
 fn appended(uid: u32, id: &str, size: u64) -> Known {
     Known {
@@ -21,14 +10,6 @@ fn appended(uid: u32, id: &str, size: u64) -> Known {
             size,
         },
         flags: Vec::new(),
-    }
-}
-
-fn catalogue(messages: Vec<Known>, uidnext: u32) -> Catalogue {
-    Catalogue {
-        uidvalidity: 1111,
-        uidnext,
-        messages: messages.into_iter().map(|k| (k.uid, k)).collect(),
     }
 }
 
