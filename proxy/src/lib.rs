@@ -299,6 +299,31 @@ async fn sweep_upstreams(shared: Arc<SmtpShared>) {
 }
 
 /// `GET /status` of `levee run`.
+/// Changes of the active site shown in the status: this many, newest first.
+const TRANSITIONS_SHOWN: usize = 5;
+
+/// The last changes of the active site, from the journal's audit records.
+fn recent_transitions(journal: &Journal) -> Vec<serde_json::Value> {
+    // Refused logins and switches are audit records too: look a little further back.
+    let audits = journal
+        .audit_before(u64::MAX, TRANSITIONS_SHOWN * 20)
+        .unwrap_or_default();
+    audits
+        .into_iter()
+        .filter_map(|record| match record.kind {
+            levee_journal::RecordKind::Audit(a) if a.action == "failover" => {
+                Some(serde_json::json!({
+                    "seq": record.seq,
+                    "time_ms": record.time_ms,
+                    "detail": a.detail,
+                }))
+            }
+            _ => None,
+        })
+        .take(TRANSITIONS_SHOWN)
+        .collect()
+}
+
 fn primary_status(
     config: &Config,
     journal: &Journal,
@@ -327,6 +352,7 @@ fn primary_status(
             serde_json::json!({
                 "active": f.active(),
                 "health": f.health(),
+                "transitions": recent_transitions(&journal),
                 "primary_resync": resync.as_ref().map(resync::Resync::current),
             })
         });

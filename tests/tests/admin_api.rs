@@ -275,6 +275,16 @@ fn admin_api_enforces_tokens_and_switches_once() {
         active(&status["body"]),
         ("primary".to_owned(), before.1 + 2)
     );
+    // The last changes of the active site, newest first.
+    let transitions = status["body"]["failover"]["transitions"]
+        .as_array()
+        .unwrap();
+    let details: Vec<&str> = (transitions.iter())
+        .map(|t| t["detail"].as_str().unwrap_or(""))
+        .collect();
+    assert!(details.len() >= 2, "{status}");
+    assert!(details[0].contains("Replica -> Primary"), "{details:?}");
+    assert!(details[1].contains("Primary -> Replica"), "{details:?}");
 
     // The audit log, newest first, in pages; a viewer may read it.
     let page = api.call(view, "GET", "/v1/audit?limit=2", None);
