@@ -133,4 +133,4 @@ pub use record::{
 };
 pub use state::{DeliveryState, DeliveryStatus};
 pub use store::{Journal, JournalOptions};
-pub use verify::VerifyReport;
+pub use verify::{PROGRESS_EVERY, VerifyReport};

@@ -12,6 +12,9 @@ use crate::error::JournalError;
 use crate::record::Seq;
 use crate::store::Journal;
 
+/// How often [`Journal::verify_with`] reports progress, in records.
+pub const PROGRESS_EVERY: u64 = 4096;
+
 /// Outcome of [`Journal::verify`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -39,6 +42,15 @@ impl Journal {
     /// its chain link. Tampering is reported in the result, not as an error;
     /// errors mean the walk itself could not be performed.
     pub fn verify(&self) -> Result<VerifyReport, JournalError> {
+        self.verify_with(|_| {})
+    }
+
+    /// [`Journal::verify`], calling `progress` with the report so far every
+    /// [`PROGRESS_EVERY`] records.
+    pub fn verify_with(
+        &self,
+        mut progress: impl FnMut(&VerifyReport),
+    ) -> Result<VerifyReport, JournalError> {
         let head = self.head();
         let mut report = VerifyReport {
             head,
@@ -65,6 +77,9 @@ impl Journal {
                     report.records_checked += 1;
                     report.bytes += v.len() as u64;
                     report.body_bytes += body_len;
+                    if report.records_checked.is_multiple_of(PROGRESS_EVERY) {
+                        progress(&report);
+                    }
                 }
                 Err(reason) => {
                     report.first_broken = Some((seq, reason));

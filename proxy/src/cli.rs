@@ -72,6 +72,11 @@ enum Command {
         #[command(flatten)]
         remote: crate::admin::commands::Remote,
     },
+    /// Compliance work on a journal directory: search, verify.
+    Journal {
+        #[command(subcommand)]
+        command: crate::compliance::JournalCommand,
+    },
     /// Admin API access: `levee admin token --name NAME --role operator` makes a token.
     Admin {
         #[command(subcommand)]
@@ -165,6 +170,7 @@ pub fn main() -> ExitCode {
             block_on_daemon(|shutdown| async move { crate::run(config, shutdown, None).await })
         }
         Command::Admin { command } => admin(command),
+        Command::Journal { command } => crate::compliance::run(command),
         Command::Status { remote } => crate::admin::commands::status(&remote),
         Command::Switchover { to, reason, remote } => {
             crate::admin::commands::switch(&remote, Some(&to), &reason)

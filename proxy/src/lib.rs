@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod cli;
+pub mod compliance;
 pub mod delivery;
 pub mod demo;
 pub mod demo_failover;

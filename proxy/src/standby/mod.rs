@@ -48,6 +48,10 @@ pub async fn run(
     crate::metrics::handle();
     let dir = config.node.data_dir.join("journal");
     let journal = crate::open_journal_at(dir).await?;
+    // Compliance tools must not add records to a journal that mirrors the primary's.
+    if let Err(err) = journal.set_meta(crate::compliance::ROLE_KEY, b"replica") {
+        tracing::warn!(%err, "cannot mark the journal as a replica's");
+    }
     let r = &config.replica;
     let tls = levee_replica::tls::server_config(&r.cert, &r.key, r.client_ca.as_deref())
         .map_err(|err| RunError::Replication(err.to_string()))?;

@@ -1,0 +1,115 @@
+//! What compliance officers do with the journal: `levee journal search` and `levee
+//! journal verify`, on a journal directory opened directly (the daemon that owns it must
+//! be stopped, or the directory be a copy). Each action is itself an audit record in the
+//! journal it looked at, except in a replica's journal, which only ever holds what the
+//! primary streamed to it.
+
+pub mod progress;
+pub mod search;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use levee_journal::{AuditRecord, Journal, JournalOptions, NewRecord, RecordKind};
+
+/// Journal meta key naming what a journal is; the replica daemon sets it to `replica`.
+pub const ROLE_KEY: &str = "journal_role";
+
+/// Which journal a command works on.
+#[derive(Debug, clap::Args)]
+pub struct Source {
+    /// levee's configuration file: the journal under its `node.data_dir`.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "journal")]
+    pub config: Option<PathBuf>,
+    /// A journal directory (`<data_dir>/journal`), e.g. a copy taken for an audit.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum JournalCommand {
+    /// Find messages by time, sender, recipient, Message-ID, subject words, authenticated
+    /// user or direction; indexed fields are looked up, not scanned.
+    Search(Box<search::SearchArgs>),
+    /// Walk the hash chain and every body hash; exits 1 naming the first broken record.
+    Verify {
+        #[command(flatten)]
+        source: Source,
+    },
+}
+
+/// `levee journal ...`.
+pub fn run(command: JournalCommand) -> ExitCode {
+    match command {
+        JournalCommand::Search(args) => search::run(&args),
+        JournalCommand::Verify { source } => verify::run(&source),
+    }
+}
+
+/// A failure before any result: said on stderr (or as JSON), exit status 2.
+pub fn usage_error(what: &str, message: &str, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "ok": false, "error": message }));
+    } else {
+        eprintln!("levee journal {what}: {message}");
+    }
+    ExitCode::from(2)
+}
+
+/// Opens the journal `source` names.
+pub fn open(source: &Source) -> Result<Journal, String> {
+    let dir = match (&source.journal, &source.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(file)) => {
+            let config = <levee_config::Config as levee_config::ConfigFile>::load(file)
+                .map_err(|e| format!("{}: configuration rejected:\n{e}", file.display()))?;
+            config.node.data_dir.join("journal")
+        }
+        (None, None) => return Err("name the journal: --config FILE or --journal DIR".into()),
+    };
+    open_dir(&dir)
+}
+
+fn open_dir(dir: &Path) -> Result<Journal, String> {
+    if !dir.join("db").exists() && !dir.join("conf").exists() {
+        return Err(format!("{} holds no journal", dir.display()));
+    }
+    Journal::open(dir, JournalOptions::default()).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("lock") || text.contains("temporarily unavailable") {
+            format!(
+                "the journal in {} is open in a running levee: stop it, or work on a copy of the directory",
+                dir.display()
+            )
+        } else {
+            format!("{}: {text}", dir.display())
+        }
+    })
+}
+
+/// Records `action` as an audit record in `journal` (not in a replica's); says on stderr
+/// when it could not.
+pub async fn audit(journal: &Journal, action: &str, detail: String) {
+    if matches!(journal.get_meta(ROLE_KEY), Ok(Some(role)) if role == b"replica") {
+        return;
+    }
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let record = NewRecord {
+        time_ms: crate::smtp::now_ms(),
+        kind: RecordKind::Audit(AuditRecord {
+            actor,
+            action: action.into(),
+            detail,
+        }),
+    };
+    if let Err(err) = journal.append(record).await {
+        eprintln!("levee journal: the audit record of this {action} could not be written: {err}");
+    }
+}
