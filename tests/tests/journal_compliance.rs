@@ -142,6 +142,80 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
         "{unknown:?}"
     );
 
+    // Export: byte for byte what the clients sent, to .eml files and to an mbox.
+    let sent = [
+        (offer, sample_message(offer, "alice@example.test")),
+        (accepted, sample_message(accepted, "bob@example.test")),
+    ];
+    let out = site.dir.path().join("export");
+    let exported = journal_cli(
+        &config,
+        &["export", "--json", "--out", out.to_str().unwrap()],
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    assert_eq!(json_of(&exported)["exported"], 2, "{exported:?}");
+    let manifest = manifest_of(&out.join("manifest.jsonl"));
+    assert_eq!(manifest.len(), 2);
+    for ((id, bytes), entry) in sent.iter().zip(&manifest) {
+        let file = std::fs::read(out.join(entry["file"].as_str().unwrap())).unwrap();
+        assert!(
+            file == *bytes,
+            "{id}: the export differs from what the client sent"
+        );
+        let sha = hex_sha256(bytes);
+        assert_eq!(entry["sha256"], sha.as_str(), "{entry}");
+        assert_eq!(entry["chain"].as_str().unwrap().len(), 64, "{entry}");
+    }
+    // Interrupted: one file lost and the manifest's last line cut short. Run again: the
+    // intact one is kept, the other written again.
+    std::fs::remove_file(out.join(manifest[1]["file"].as_str().unwrap())).unwrap();
+    let text = std::fs::read_to_string(out.join("manifest.jsonl")).unwrap();
+    std::fs::write(out.join("manifest.jsonl"), &text[..text.len() - 20]).unwrap();
+    let again = json_of(&journal_cli(
+        &config,
+        &["export", "--json", "--out", out.to_str().unwrap()],
+    ));
+    assert_eq!(
+        (again["exported"].as_u64(), again["already_there"].as_u64()),
+        (Some(1), Some(1)),
+        "{again}"
+    );
+    assert_eq!(manifest_of(&out.join("manifest.jsonl")), manifest);
+    let mbox = site.dir.path().join("selected.mbox");
+    let to_mbox = journal_cli(
+        &config,
+        &[
+            "export",
+            "--format",
+            "mbox",
+            "--to",
+            "bob@example.test",
+            "--out",
+            mbox.to_str().unwrap(),
+        ],
+    );
+    assert!(to_mbox.status.success(), "{to_mbox:?}");
+    let written = std::fs::read(&mbox).unwrap();
+    let entries = manifest_of(&site.dir.path().join("selected.mbox.manifest.jsonl"));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let (offset, length) = (
+        entries[0]["offset"].as_u64().unwrap() as usize,
+        entries[0]["length"].as_u64().unwrap() as usize,
+    );
+    let body = levee_proxy::compliance::export::mbox_unquote(
+        &written[offset..offset + length],
+        entries[0]["bytes"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        body == sent[1].1,
+        "the mbox copy differs from what the client sent"
+    );
+    assert!(
+        written.starts_with(b"From alice@example.test "),
+        "{}",
+        String::from_utf8_lossy(&written[..60])
+    );
+
     // Untouched, the journal verifies.
     let intact = journal_cli(&config, &["verify", "--json"]);
     assert!(intact.status.success(), "{intact:?}");
@@ -159,6 +233,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
         .collect();
     assert!(actions.iter().any(|a| a == "journal-search"), "{actions:?}");
     assert!(actions.iter().any(|a| a == "journal-verify"), "{actions:?}");
+    assert!(actions.iter().any(|a| a == "journal-export"), "{actions:?}");
     let head = journal.head();
     drop(journal);
 
@@ -194,6 +269,20 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
     let said = String::from_utf8_lossy(&swapped.stdout);
     assert!(said.contains("BROKEN at record 1"), "{said}");
     assert!(head >= 4, "head {head}");
+}
+
+fn manifest_of(path: &Path) -> Vec<Value> {
+    (std::fs::read_to_string(path).unwrap().lines())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The seq of the message with `id`.

@@ -1,11 +1,13 @@
-//! What compliance officers do with the journal: `levee journal search` and `levee
-//! journal verify`, on a journal directory opened directly (the daemon that owns it must
+//! What compliance officers do with the journal: `levee journal search`, `export` and
+//! `verify`, on a journal directory opened directly (the daemon that owns it must
 //! be stopped, or the directory be a copy). Each action is itself an audit record in the
 //! journal it looked at, except in a replica's journal, which only ever holds what the
 //! primary streamed to it.
 
+pub mod export;
 pub mod progress;
 pub mod search;
+pub mod select;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,9 @@ pub enum JournalCommand {
     /// Find messages by time, sender, recipient, Message-ID, subject words, authenticated
     /// user or direction; indexed fields are looked up, not scanned.
     Search(Box<search::SearchArgs>),
+    /// Write the selected messages, byte for byte, to `.eml` files or an mbox, with a
+    /// manifest of hashes; an interrupted export continues where it stopped.
+    Export(Box<export::ExportArgs>),
     /// Walk the hash chain and every body hash; exits 1 naming the first broken record.
     Verify {
         #[command(flatten)]
@@ -46,6 +51,7 @@ pub enum JournalCommand {
 pub fn run(command: JournalCommand) -> ExitCode {
     match command {
         JournalCommand::Search(args) => search::run(&args),
+        JournalCommand::Export(args) => export::run(&args),
         JournalCommand::Verify { source } => verify::run(&source),
     }
 }

@@ -1,6 +1,7 @@
-use levee_journal::{ClientInfo, JournalOptions, NewRecord};
+use levee_journal::{ClientInfo, JournalOptions, MessageRecord, NewRecord};
 
 use super::*;
+use crate::compliance::select::Selection;
 
 /// 2026-11-22T00:00:00Z.
 const DAY: u64 = 1_795_305_600_000;
@@ -106,21 +107,14 @@ fn args() -> SearchArgs {
             journal: None,
             json: true,
         },
-        since: None,
-        until: None,
-        from: None,
-        to: None,
-        message_id: None,
-        subject: None,
-        user: None,
-        direction: None,
+        selection: Selection::default(),
         limit: 50,
         after: 0,
     }
 }
 
 fn ids(journal: &Journal, args: &SearchArgs) -> Vec<String> {
-    let filter = Filter::parse(args).unwrap();
+    let filter = Filter::parse(&args.selection).unwrap();
     let (hits, _) = search(journal, &filter, args.after, args.limit as usize).unwrap();
     hits.iter()
         .map(|r| match &r.kind {
@@ -141,61 +135,73 @@ async fn each_filter_finds_its_messages_and_filters_combine() {
     };
     assert_eq!(with(&|_| {}).len(), 5);
     assert_eq!(
-        with(&|a| a.from = Some("donor@HOSPITAL.org".into())),
+        with(&|a| a.selection.from = Some("donor@HOSPITAL.org".into())),
         ["a@x", "e@x"]
     );
-    assert_eq!(with(&|a| a.to = Some("lab@hospital.org".into())), ["d@x"]);
-    assert_eq!(with(&|a| a.message_id = Some("<c@x>".into())), ["c@x"]);
-    assert_eq!(with(&|a| a.message_id = Some("c@x".into())), ["c@x"]);
     assert_eq!(
-        with(&|a| a.subject = Some("kidney OFFER".into())),
+        with(&|a| a.selection.to = Some("lab@hospital.org".into())),
+        ["d@x"]
+    );
+    assert_eq!(
+        with(&|a| a.selection.message_id = Some("<c@x>".into())),
+        ["c@x"]
+    );
+    assert_eq!(
+        with(&|a| a.selection.message_id = Some("c@x".into())),
+        ["c@x"]
+    );
+    assert_eq!(
+        with(&|a| a.selection.subject = Some("kidney OFFER".into())),
         ["a@x", "c@x"]
     );
-    assert_eq!(with(&|a| a.user = Some("bob".into())), ["d@x"]);
+    assert_eq!(with(&|a| a.selection.user = Some("bob".into())), ["d@x"]);
     assert_eq!(
-        with(&|a| a.direction = Some("outbound".into())),
+        with(&|a| a.selection.direction = Some("outbound".into())),
         ["c@x", "d@x"]
     );
     assert_eq!(
-        with(&|a| a.direction = Some("inbound".into())),
+        with(&|a| a.selection.direction = Some("inbound".into())),
         ["a@x", "b@x", "e@x"]
     );
     // Days: the 23rd alone, as a day and as instants; since alone, until alone.
     assert_eq!(
         with(&|a| {
-            a.since = Some("2026-11-23".into());
-            a.until = Some("2026-11-23".into());
+            a.selection.since = Some("2026-11-23".into());
+            a.selection.until = Some("2026-11-23".into());
         }),
         ["c@x", "d@x"]
     );
     assert_eq!(
         with(&|a| {
-            a.since = Some("2026-11-23T01:30:00Z".into());
-            a.until = Some("2026-11-24T01:00:01Z".into());
+            a.selection.since = Some("2026-11-23T01:30:00Z".into());
+            a.selection.until = Some("2026-11-24T01:00:01Z".into());
         }),
         ["d@x", "e@x"]
     );
-    assert_eq!(with(&|a| a.since = Some("2026-11-24".into())), ["e@x"]);
     assert_eq!(
-        with(&|a| a.until = Some("2026-11-22".into())),
+        with(&|a| a.selection.since = Some("2026-11-24".into())),
+        ["e@x"]
+    );
+    assert_eq!(
+        with(&|a| a.selection.until = Some("2026-11-22".into())),
         ["a@x", "b@x"]
     );
     // Combined: an index lookup narrowed by a checked filter.
     assert_eq!(
         with(&|a| {
-            a.from = Some("opo@example.test".into());
-            a.subject = Some("kidney".into());
+            a.selection.from = Some("opo@example.test".into());
+            a.selection.subject = Some("kidney".into());
         }),
         ["c@x"]
     );
-    assert!(with(&|a| a.message_id = Some("nobody@x".into())).is_empty());
+    assert!(with(&|a| a.selection.message_id = Some("nobody@x".into())).is_empty());
 }
 
 #[tokio::test]
 async fn pages_continue_after_the_last_seq() {
     let dir = tempfile::tempdir().unwrap();
     let j = journal(dir.path()).await;
-    let filter = Filter::parse(&args()).unwrap();
+    let filter = Filter::parse(&args().selection).unwrap();
     let (first, next) = search(&j, &filter, 0, 2).unwrap();
     assert_eq!(first.len(), 2);
     let next = next.expect("more to come");
@@ -206,8 +212,8 @@ async fn pages_continue_after_the_last_seq() {
     assert_eq!((third.len(), last), (1, None));
     // The same pages through an index.
     let mut by_sender = args();
-    by_sender.from = Some("opo@example.test".into());
-    let filter = Filter::parse(&by_sender).unwrap();
+    by_sender.selection.from = Some("opo@example.test".into());
+    let filter = Filter::parse(&by_sender.selection).unwrap();
     let (page, next) = search(&j, &filter, 0, 1).unwrap();
     let (rest, end) = search(&j, &filter, next.unwrap(), 1).unwrap();
     assert_ne!(page[0].seq, rest[0].seq);
@@ -227,9 +233,9 @@ fn bad_times_are_clear_errors() {
         ),
     ] {
         let mut a = args();
-        a.since = since.map(str::to_string);
-        a.until = until.map(str::to_string);
-        let err = Filter::parse(&a).unwrap_err();
+        a.selection.since = since.map(str::to_string);
+        a.selection.until = until.map(str::to_string);
+        let err = Filter::parse(&a.selection).unwrap_err();
         assert!(err.contains(want), "{err}");
     }
 }
