@@ -320,7 +320,9 @@ impl ReplicaSite {
     }
 }
 
-fn start_stack_spec(spec: StackSpec) -> (MailStack, tempfile::TempDir) {
+/// A mail stack built from `spec`, and a scratch directory beside it; fails loudly when
+/// Postfix or Dovecot is missing.
+pub fn start_stack_spec(spec: StackSpec) -> (MailStack, tempfile::TempDir) {
     ensure_mail_servers();
     let name = spec.name.clone();
     let stack = MailStack::start(spec)

@@ -79,7 +79,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
     let accepted = "accepted-7@example.test";
     assert_eq!(found(&config, &[]), [offer, accepted]);
     assert_eq!(found(&config, &["--from", "SENDER@example.org"]), [offer]);
-    assert_eq!(found(&config, &["--to", "bob@example.test"]), [accepted]);
+    assert_eq!(found(&config, &["--rcpt", "bob@example.test"]), [accepted]);
     assert_eq!(
         found(&config, &["--message-id", &format!("<{offer}>")]),
         [offer]
@@ -100,7 +100,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
     assert_eq!(
         found(
             &config,
-            &["--from", "alice@example.test", "--to", "bob@example.test"]
+            &["--from", "alice@example.test", "--rcpt", "bob@example.test"]
         ),
         [accepted]
     );
@@ -121,7 +121,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
     assert_eq!(second["results"][0]["message_id"], accepted, "{second}");
     assert!(second["next_after"].is_null(), "{second}");
     // The table names the messages too.
-    let table = journal_cli(&config, &["search", "--to", "alice@example.test"]);
+    let table = journal_cli(&config, &["search", "--rcpt", "alice@example.test"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
         table.contains("SEQ") && table.contains("sender@example.org"),
@@ -188,7 +188,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
             "export",
             "--format",
             "mbox",
-            "--to",
+            "--rcpt",
             "bob@example.test",
             "--out",
             mbox.to_str().unwrap(),

@@ -1,11 +1,12 @@
-//! What compliance officers do with the journal: `levee journal search`, `export` and
-//! `verify`, on a journal directory opened directly (the daemon that owns it must
+//! What compliance officers do with the journal: `levee journal search`, `export`,
+//! `replay` and `verify`, on a journal directory opened directly (the daemon that owns it must
 //! be stopped, or the directory be a copy). Each action is itself an audit record in the
 //! journal it looked at, except in a replica's journal, which only ever holds what the
 //! primary streamed to it.
 
 pub mod export;
 pub mod progress;
+pub mod replay;
 pub mod search;
 pub mod select;
 pub mod verify;
@@ -40,6 +41,9 @@ pub enum JournalCommand {
     /// Write the selected messages, byte for byte, to `.eml` files or an mbox, with a
     /// manifest of hashes; an interrupted export continues where it stopped.
     Export(Box<export::ExportArgs>),
+    /// Send the selected messages again, with their original envelope, to an SMTP or LMTP
+    /// server, at a bounded rate; a report file makes it resumable.
+    Replay(Box<replay::ReplayArgs>),
     /// Walk the hash chain and every body hash; exits 1 naming the first broken record.
     Verify {
         #[command(flatten)]
@@ -52,6 +56,7 @@ pub fn run(command: JournalCommand) -> ExitCode {
     match command {
         JournalCommand::Search(args) => search::run(&args),
         JournalCommand::Export(args) => export::run(&args),
+        JournalCommand::Replay(args) => replay::run(&args),
         JournalCommand::Verify { source } => verify::run(&source),
     }
 }

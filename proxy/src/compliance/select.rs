@@ -28,7 +28,7 @@ pub struct Selection {
     #[arg(long, value_name = "ADDRESS")]
     pub from: Option<String>,
     /// An envelope recipient (RCPT TO), case-insensitive.
-    #[arg(long, value_name = "ADDRESS")]
+    #[arg(long = "rcpt", value_name = "ADDRESS")]
     pub to: Option<String>,
     /// The Message-ID, with or without angle brackets.
     #[arg(long, value_name = "ID")]

@@ -10,7 +10,7 @@ pub mod apply;
 pub mod dedupe;
 mod imap_client;
 mod imap_wire;
-mod link;
+pub(crate) mod link;
 pub(crate) mod mailbox;
 
 use std::net::SocketAddr;
