@@ -59,7 +59,7 @@ pub fn median(values: &[f64]) -> f64 {
 pub fn thousands(r: f64) -> String {
     let r = r.round() as i64;
     if r.abs() >= 1000 {
-        format!("{},{:03}", r / 1000, (r % 1000).abs())
+        format!("{},{:03}", thousands((r / 1000) as f64), (r % 1000).abs())
     } else {
         r.to_string()
     }
@@ -149,6 +149,14 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thousands_are_grouped_by_threes() {
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(7_864.4), "7,864");
+        assert_eq!(thousands(1_000_000.0), "1,000,000");
+        assert_eq!(thousands(-1_234_567.0), "-1,234,567");
+    }
 
     #[test]
     fn section_goes_after_its_anchor_then_is_replaced_in_place() {

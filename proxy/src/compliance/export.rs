@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,6 +43,8 @@ struct Target {
     done: BTreeSet<Seq>,
     /// mbox: the length of the file's intact part.
     end: u64,
+    /// Open once the earlier run's part is settled: the mbox, and the manifest.
+    writers: Option<(Option<BufWriter<File>>, BufWriter<File>)>,
 }
 
 impl Target {
@@ -59,9 +61,38 @@ impl Target {
             manifest,
             done: BTreeSet::new(),
             end: 0,
+            writers: None,
         };
         target.resume()?;
+        let append = |path: &Path| {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map(BufWriter::new)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let mbox = if mbox {
+            Some(append(&target.out)?)
+        } else {
+            None
+        };
+        target.writers = Some((mbox, append(&target.manifest)?));
         Ok(target)
+    }
+
+    /// Writes out what is buffered: an export that stops after this resumes from here.
+    fn flush(&mut self) -> Result<(), String> {
+        if let Some((mbox, manifest)) = &mut self.writers {
+            if let Some(mbox) = mbox {
+                mbox.flush()
+                    .map_err(|e| format!("{}: {e}", self.out.display()))?;
+            }
+            manifest
+                .flush()
+                .map_err(|e| format!("{}: {e}", self.manifest.display()))?;
+        }
+        Ok(())
     }
 
     /// Keeps the entries of an earlier run whose message is intact in the output, and
@@ -140,14 +171,12 @@ impl Target {
             "chain": hex::encode(record.chain),
         });
         let io = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
-        let written = if self.mbox {
+        let Some((mbox, manifest)) = &mut self.writers else {
+            return Err("the export is not open".into());
+        };
+        let written = if let Some(mbox) = mbox {
             let quoted = mbox_entry(record.time_ms, &message.mail_from, body);
-            let mut file = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&self.out)
-                .map_err(|e| io(&self.out, e))?;
-            file.write_all(&quoted).map_err(|e| io(&self.out, e))?;
+            mbox.write_all(&quoted).map_err(|e| io(&self.out, e))?;
             let from_line = quoted
                 .iter()
                 .position(|&b| b == b'\n')
@@ -163,11 +192,6 @@ impl Target {
             entry["file"] = json!(name);
             body.len() as u64
         };
-        let mut manifest = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.manifest)
-            .map_err(|e| io(&self.manifest, e))?;
         writeln!(manifest, "{entry}").map_err(|e| io(&self.manifest, e))?;
         Ok(written)
     }
@@ -293,7 +317,9 @@ fn export(
         Ok(false)
     });
     progress.finish();
-    result.map(|()| (written, kept, bytes))
+    // Also after an error: what was written stays usable for the next run.
+    let flushed = target.flush();
+    result.and(flushed).map(|()| (written, kept, bytes))
 }
 
 #[cfg(test)]

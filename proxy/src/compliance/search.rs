@@ -81,7 +81,10 @@ pub fn run(args: &SearchArgs) -> ExitCode {
         Err(err) => return usage_error("search", &err, json),
     };
     let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
-    let (hits, next_after) = match search(&journal, &filter, args.after, limit) {
+    let started = std::time::Instant::now();
+    let found = search(&journal, &filter, args.after, limit);
+    let query_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (hits, next_after) = match found {
         Ok(found) => found,
         Err(err) => return usage_error("search", &format!("reading the journal: {err}"), json),
     };
@@ -101,7 +104,7 @@ pub fn run(args: &SearchArgs) -> ExitCode {
         let results: Vec<Value> = hits.iter().map(hit_json).collect();
         println!(
             "{}",
-            json!({ "ok": true, "results": results, "next_after": next_after })
+            json!({ "ok": true, "results": results, "next_after": next_after, "query_ms": query_ms })
         );
     } else {
         print!("{}", table(&hits));
