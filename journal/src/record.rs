@@ -26,6 +26,20 @@ pub struct NewRecord {
     pub kind: RecordKind,
 }
 
+impl NewRecord {
+    /// An audit record: `actor` did `action` (`detail` says how), at `time_ms`.
+    pub fn audit(time_ms: u64, actor: String, action: &str, detail: String) -> NewRecord {
+        NewRecord {
+            time_ms,
+            kind: RecordKind::Audit(AuditRecord {
+                actor,
+                action: action.to_string(),
+                detail,
+            }),
+        }
+    }
+}
+
 /// The payload of a record. New variants are only ever added at the end, so
 /// older records keep decoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

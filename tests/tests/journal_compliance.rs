@@ -239,13 +239,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
 
     // One flipped byte in the second message's stored record: verify names it.
     let message_seq = found_seq(&config, accepted);
-    tamper(&site, |records| {
-        let key = message_seq.to_be_bytes();
-        let mut value = records.get(key).unwrap().unwrap().to_vec();
-        let at = value.len() / 2;
-        value[at] ^= 0x01;
-        records.insert(key, value).unwrap();
-    });
+    tamper(&site, |records| flip_a_byte(records, message_seq));
     let broken = journal_cli(&config, &["verify", "--json"]);
     assert_eq!(broken.status.code(), Some(1), "{broken:?}");
     let report = json_of(&broken);
@@ -253,11 +247,7 @@ fn search_finds_by_each_filter_and_verify_names_the_broken_record() {
 
     // Put back, then swap two records: the first of them is named.
     tamper(&site, |records| {
-        let key = message_seq.to_be_bytes();
-        let mut value = records.get(key).unwrap().unwrap().to_vec();
-        let at = value.len() / 2;
-        value[at] ^= 0x01;
-        records.insert(key, value).unwrap();
+        flip_a_byte(records, message_seq);
         let (a, b) = (1u64.to_be_bytes(), 2u64.to_be_bytes());
         let first = records.get(a).unwrap().unwrap();
         let second = records.get(b).unwrap().unwrap();
@@ -292,6 +282,15 @@ fn found_seq(config: &Path, id: &str) -> u64 {
         &["search", "--json", "--message-id", id],
     ));
     answer["results"][0]["seq"].as_u64().expect("found")
+}
+
+/// Flips one bit in the middle of the stored record `seq` (again: flips it back).
+fn flip_a_byte(records: &sled::Tree, seq: u64) {
+    let key = seq.to_be_bytes();
+    let mut value = records.get(key).unwrap().unwrap().to_vec();
+    let at = value.len() / 2;
+    value[at] ^= 0x01;
+    records.insert(key, value).unwrap();
 }
 
 /// Changes the journal's record tree directly, as an attacker with the files would.

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use levee_journal::{AuditRecord, Journal, NewRecord, RecordKind};
+use levee_journal::{Journal, NewRecord, RecordKind};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -93,14 +93,7 @@ impl IntoResponse for ApiError {
 }
 
 pub(super) async fn audit(journal: &Journal, actor: String, action: &str, detail: String) {
-    let record = NewRecord {
-        time_ms: crate::smtp::now_ms(),
-        kind: RecordKind::Audit(AuditRecord {
-            actor,
-            action: action.into(),
-            detail,
-        }),
-    };
+    let record = NewRecord::audit(crate::smtp::now_ms(), actor, action, detail);
     if let Err(err) = journal.append(record).await {
         tracing::error!(%err, action, "cannot journal an admin audit record");
     }

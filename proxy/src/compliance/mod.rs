@@ -14,7 +14,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use levee_journal::{AuditRecord, Journal, JournalOptions, NewRecord, RecordKind};
+use levee_journal::{Journal, JournalOptions, NewRecord};
 
 /// Journal meta key naming what a journal is; the replica daemon sets it to `replica`.
 pub const ROLE_KEY: &str = "journal_role";
@@ -112,14 +112,7 @@ pub async fn audit(journal: &Journal, action: &str, detail: String) {
         "cli:{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into())
     );
-    let record = NewRecord {
-        time_ms: crate::smtp::now_ms(),
-        kind: RecordKind::Audit(AuditRecord {
-            actor,
-            action: action.into(),
-            detail,
-        }),
-    };
+    let record = NewRecord::audit(crate::smtp::now_ms(), actor, action, detail);
     if let Err(err) = journal.append(record).await {
         eprintln!("levee journal: the audit record of this {action} could not be written: {err}");
     }

@@ -4,7 +4,7 @@
 //! presents the new epoch from then on, and the replica fences any node still on an older
 //! one).
 
-use levee_journal::{AuditRecord, Journal, NewRecord, RecordKind};
+use levee_journal::{Journal, NewRecord};
 use levee_replica::receiver::{EPOCH_KEY, stored_epoch};
 
 use super::controller::{Backend, Transition};
@@ -34,17 +34,15 @@ pub async fn record(journal: &Journal, transition: &Transition) {
     if let Err(err) = stored {
         tracing::error!(%err, epoch = transition.epoch, "cannot record the new epoch");
     }
-    let audit = NewRecord {
-        time_ms: now_ms(),
-        kind: RecordKind::Audit(AuditRecord {
-            actor: "levee".into(),
-            action: "failover".into(),
-            detail: format!(
-                "{:?} -> {:?}, epoch {}: {:?}",
-                transition.from, transition.to, transition.epoch, transition.reason
-            ),
-        }),
-    };
+    let audit = NewRecord::audit(
+        now_ms(),
+        "levee".into(),
+        "failover",
+        format!(
+            "{:?} -> {:?}, epoch {}: {:?}",
+            transition.from, transition.to, transition.epoch, transition.reason
+        ),
+    );
     // The append's group commit makes the epoch durable too (one sled flush for both).
     if let Err(err) = journal.append(audit).await {
         tracing::error!(%err, epoch = transition.epoch, "cannot journal the transition");
