@@ -76,12 +76,7 @@ impl Site {
     }
 
     pub fn password(&self, user: &str) -> String {
-        self.stack
-            .users()
-            .iter()
-            .find(|(name, _)| name == user)
-            .map(|(_, password)| password.clone())
-            .unwrap_or_else(|| panic!("no user {user} in the stack"))
+        password_of(&self.stack, user)
     }
 
     /// Waits until `user`'s Maildir holds a message containing each of `needles`.
@@ -135,6 +130,10 @@ impl ReplicaSite {
 
     pub fn wait_for_messages(&self, user: &str, needles: &[String], secs: u64) -> Vec<Vec<u8>> {
         wait_for_messages(&self.stack, user, needles, secs)
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        password_of(&self.stack, user)
     }
 }
 
@@ -318,6 +317,16 @@ impl ReplicaSite {
             self.stack.imap_addr()
         )
     }
+}
+
+/// `user`'s password in `stack`.
+fn password_of(stack: &MailStack, user: &str) -> String {
+    stack
+        .users()
+        .iter()
+        .find(|(name, _)| name == user)
+        .map(|(_, password)| password.clone())
+        .unwrap_or_else(|| panic!("no user {user} in the stack"))
 }
 
 /// A mail stack built from `spec`, and a scratch directory beside it; fails loudly when

@@ -79,13 +79,7 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     let before = uid_of(&inbox, "before@example.org").expect("the message in INBOX");
     let doomed = uid_of(&inbox, "doomed@example.org").expect("the message in INBOX");
     // The Sent folder exists at the replica too before the switch.
-    let replica_password = replica
-        .stack
-        .users()
-        .iter()
-        .find(|(user, _)| user == "alice")
-        .map(|(_, password)| password.clone())
-        .expect("alice at the replica");
+    let replica_password = replica.password("alice");
     let at_replica = |mailbox: &str, id: &str| {
         let password = &replica_password;
         let mut direct = ImapSteps::login_plain(replica.stack.imap_addr(), "alice", password);

@@ -43,13 +43,7 @@ fn levee_lines(log: &str) -> String {
 
 /// Polls `check` on the replica's own Dovecot until it holds.
 fn wait_at_replica(replica: &ReplicaSite, what: &str, check: impl Fn(&mut ImapSteps) -> bool) {
-    let password = replica
-        .stack
-        .users()
-        .iter()
-        .find(|(user, _)| user == "alice")
-        .map(|(_, password)| password.clone())
-        .expect("alice at the replica");
+    let password = replica.password("alice");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut direct = ImapSteps::login_plain(replica.stack.imap_addr(), "alice", &password);

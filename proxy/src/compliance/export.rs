@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::progress::Progress;
 use super::select::{Filter, Selection, walk};
-use super::{Source, audit, open, usage_error};
+use super::{Source, audit_now, prepare, usage_error};
 
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
@@ -247,13 +247,9 @@ pub fn mbox_unquote(written: &[u8], bytes: usize) -> Vec<u8> {
 
 pub fn run(args: &ExportArgs) -> ExitCode {
     let json = args.source.json;
-    let filter = match Filter::parse(&args.selection) {
-        Ok(filter) => filter,
-        Err(err) => return usage_error("export", &err, json),
-    };
-    let journal = match open(&args.source) {
-        Ok(journal) => journal,
-        Err(err) => return usage_error("export", &err, json),
+    let (filter, journal) = match prepare("export", &args.source, &args.selection) {
+        Ok(prepared) => prepared,
+        Err(exit) => return exit,
     };
     let mut target = match Target::open(&args.out, args.format == "mbox") {
         Ok(target) => target,
@@ -274,12 +270,7 @@ pub fn run(args: &ExportArgs) -> ExitCode {
         args.format,
         args.out.display()
     );
-    if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        runtime.block_on(audit(&journal, "journal-export", detail));
-    }
+    audit_now(&journal, "journal-export", detail);
     if json {
         println!(
             "{}",

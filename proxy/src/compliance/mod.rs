@@ -102,6 +102,31 @@ fn open_dir(dir: &Path) -> Result<Journal, String> {
     })
 }
 
+/// The filters parsed and the journal opened, or the exit status of a usage error.
+pub fn prepare(
+    what: &str,
+    source: &Source,
+    selection: &select::Selection,
+) -> Result<(select::Filter, Journal), ExitCode> {
+    let filter =
+        select::Filter::parse(selection).map_err(|e| usage_error(what, &e, source.json))?;
+    let journal = open(source).map_err(|e| usage_error(what, &e, source.json))?;
+    Ok((filter, journal))
+}
+
+/// [`audit`] from a command's synchronous code.
+pub fn audit_now(journal: &Journal, action: &str, detail: String) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(audit(journal, action, detail)),
+        Err(err) => eprintln!(
+            "levee journal: the audit record of this {action} could not be written: {err}"
+        ),
+    }
+}
+
 /// Records `action` as an audit record in `journal` (not in a replica's); says on stderr
 /// when it could not.
 pub async fn audit(journal: &Journal, action: &str, detail: String) {

@@ -16,7 +16,7 @@ use levee_journal::{Journal, Record, RecordKind, Seq};
 use serde_json::{Value, json};
 
 use super::select::{Filter, Selection, walk};
-use super::{Source, audit, open, usage_error};
+use super::{Source, audit, prepare, usage_error};
 use crate::standby::link::{StandbyLink, Target, Verdict};
 
 #[derive(Debug, clap::Args)]
@@ -161,10 +161,6 @@ pub async fn replay(
 
 pub fn run(args: &ReplayArgs) -> ExitCode {
     let json = args.source.json;
-    let filter = match Filter::parse(&args.selection) {
-        Ok(filter) => filter,
-        Err(err) => return usage_error("replay", &err, json),
-    };
     let (target, name) = match parse_target(&args.target) {
         Ok(target) => target,
         Err(err) => return usage_error("replay", &err, json),
@@ -172,9 +168,9 @@ pub fn run(args: &ReplayArgs) -> ExitCode {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         return usage_error("replay", "--rate must be above 0", json);
     }
-    let journal = match open(&args.source) {
-        Ok(journal) => journal,
-        Err(err) => return usage_error("replay", &err, json),
+    let (filter, journal) = match prepare("replay", &args.source, &args.selection) {
+        Ok(prepared) => prepared,
+        Err(exit) => return exit,
     };
     let report = args
         .report

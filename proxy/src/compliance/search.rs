@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::select::{Filter, Selection, subject_of, walk};
-use super::{Source, audit, open, usage_error};
+use super::{Source, audit_now, prepare, usage_error};
 
 #[derive(Debug, clap::Args)]
 pub struct SearchArgs {
@@ -72,13 +72,9 @@ pub fn hit_json(record: &Record) -> Value {
 
 pub fn run(args: &SearchArgs) -> ExitCode {
     let json = args.source.json;
-    let filter = match Filter::parse(&args.selection) {
-        Ok(filter) => filter,
-        Err(err) => return usage_error("search", &err, json),
-    };
-    let journal = match open(&args.source) {
-        Ok(journal) => journal,
-        Err(err) => return usage_error("search", &err, json),
+    let (filter, journal) = match prepare("search", &args.source, &args.selection) {
+        Ok(prepared) => prepared,
+        Err(exit) => return exit,
     };
     let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
     let started = std::time::Instant::now();
@@ -88,18 +84,11 @@ pub fn run(args: &SearchArgs) -> ExitCode {
         Ok(found) => found,
         Err(err) => return usage_error("search", &format!("reading the journal: {err}"), json),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => return usage_error("search", &err.to_string(), json),
-    };
-    runtime.block_on(audit(
+    audit_now(
         &journal,
         "journal-search",
         format!("{filter:?}, after {}: {} found", args.after, hits.len()),
-    ));
+    );
     if json {
         let results: Vec<Value> = hits.iter().map(hit_json).collect();
         println!(

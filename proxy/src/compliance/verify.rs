@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::progress::Progress;
-use super::{Source, audit, open, usage_error};
+use super::{Source, audit_now, open, usage_error};
 
 pub fn run(source: &Source) -> ExitCode {
     let journal = match open(source) {
@@ -36,14 +36,7 @@ pub fn run(source: &Source) -> ExitCode {
         ),
         Some((seq, why)) => format!("BROKEN at record {seq}: {why}"),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => return usage_error("verify", &err.to_string(), source.json),
-    };
-    runtime.block_on(audit(&journal, "journal-verify", detail.clone()));
+    audit_now(&journal, "journal-verify", detail.clone());
     if source.json {
         println!(
             "{}",
