@@ -14,6 +14,7 @@ pub mod admin;
 pub mod alerts;
 pub mod failover;
 pub mod imap;
+pub mod journal;
 pub mod locate;
 pub mod replication;
 pub mod schema;
@@ -26,6 +27,7 @@ pub use admin::*;
 pub use alerts::*;
 pub use failover::*;
 pub use imap::*;
+pub use journal::*;
 pub use replication::*;
 pub use schema::*;
 

@@ -76,6 +76,10 @@ pub struct ReplicaConfig {
     pub node: Node,
     pub replica: ReplicaListen,
     pub apply: Apply,
+    /// Encryption at rest of this site's journal (its own key: the stream carries bodies
+    /// readable inside TLS). Pruning follows the primary's.
+    #[serde(default)]
+    pub journal: crate::JournalSection,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]

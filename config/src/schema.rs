@@ -38,6 +38,12 @@ pub struct Config {
     /// The admin API; none when absent.
     #[serde(default)]
     pub admin: Option<crate::Admin>,
+    /// Encryption at rest of the journal.
+    #[serde(default)]
+    pub journal: crate::JournalSection,
+    /// Pruning of old journaled mail; everything is kept when absent.
+    #[serde(default)]
+    pub retention: Option<crate::Retention>,
     #[serde(default)]
     pub log: Log,
 }

@@ -243,6 +243,20 @@ pub fn check(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    file_exists(
+        &mut push,
+        "journal.key_file",
+        config.journal.key_file.as_ref(),
+    );
+    if let Some(retention) = &config.retention
+        && (retention.days == 0 || retention.interval.is_zero())
+    {
+        push(
+            "retention.days".into(),
+            "days and interval must be above zero (leave [retention] out to keep everything)"
+                .into(),
+        );
+    }
     check_log(&mut push, &config.log.level);
     problems
 }
@@ -263,6 +277,7 @@ pub fn check_replica(config: &ReplicaConfig) -> Vec<Problem> {
         ("replica.key", Some(&r.key)),
         ("replica.token_file", r.token_file.as_ref()),
         ("replica.client_ca", r.client_ca.as_ref()),
+        ("journal.key_file", config.journal.key_file.as_ref()),
     ] {
         file_exists(&mut push, key, path);
     }

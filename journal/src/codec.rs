@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::JournalError;
 use crate::record::{RecordKind, Seq, canonical_bytes, chain_hash, sha256};
+use crate::seal::BodyKey;
 use crate::{NewRecord, Record};
 
 /// The only format written today. Unknown versions are reported as corrupt
@@ -24,10 +25,15 @@ const ZSTD_LEVEL: i32 = 1;
 /// allocated up front; larger ones stream into a growing buffer.
 const BULK_DECOMPRESS_MAX: u64 = 64 << 20;
 
+/// How a body is stored. New variants only ever go at the end (postcard numbers them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum BodyEncoding {
     Raw,
     Zstd,
+    /// Raw, then sealed with the journal's body key (`seal.rs`).
+    RawSealed,
+    /// zstd-compressed, then sealed.
+    ZstdSealed,
 }
 
 /// Serialized view, borrowing the header and the (possibly compressed) body.
@@ -71,10 +77,14 @@ pub(crate) struct Prepared {
     pub body_sha256: [u8; 32],
 }
 
-/// Hashes and (maybe) compresses outside the writer thread.
-pub(crate) fn prepare(rec: NewRecord, compress_min_bytes: usize) -> Prepared {
+/// Hashes, (maybe) compresses and (with a key) seals outside the writer thread.
+pub(crate) fn prepare(
+    rec: NewRecord,
+    compress_min_bytes: usize,
+    key: Option<&BodyKey>,
+) -> Prepared {
     let body_sha256 = sha256(rec.kind.body());
-    prepare_hashed(rec, body_sha256, compress_min_bytes)
+    prepare_hashed(rec, body_sha256, compress_min_bytes, key)
 }
 
 /// [`prepare`] for a body whose SHA-256 the caller already computed.
@@ -82,11 +92,19 @@ pub(crate) fn prepare_hashed(
     rec: NewRecord,
     body_sha256: [u8; 32],
     compress_min_bytes: usize,
+    key: Option<&BodyKey>,
 ) -> Prepared {
     let mut header = rec.kind;
     let raw = header.take_body();
     let body_len = raw.len() as u64;
-    let (encoding, body) = choose_encoding(raw, compress_min_bytes);
+    let (mut encoding, mut body) = choose_encoding(raw, compress_min_bytes);
+    if let Some(key) = key.filter(|_| body_len > 0) {
+        body = key.seal(&body, &body_sha256);
+        encoding = match encoding {
+            BodyEncoding::Zstd => BodyEncoding::ZstdSealed,
+            _ => BodyEncoding::RawSealed,
+        };
+    }
     Prepared {
         time_ms: rec.time_ms,
         header,
@@ -223,11 +241,25 @@ impl Stored {
         chain_hash(prev_chain, &canonical)
     }
 
-    /// The raw body, checked against `body_len` and `body_sha256`.
-    pub(crate) fn raw_body(&self) -> Result<Vec<u8>, JournalError> {
+    /// The raw body, checked against `body_len` and `body_sha256`; `key` opens sealed
+    /// bodies.
+    pub(crate) fn raw_body(&self, key: Option<&BodyKey>) -> Result<Vec<u8>, JournalError> {
+        let opened = match self.encoding {
+            BodyEncoding::Raw | BodyEncoding::Zstd => None,
+            BodyEncoding::RawSealed | BodyEncoding::ZstdSealed => {
+                let key = key.ok_or_else(|| {
+                    JournalError::Key(format!(
+                        "record {}'s body is encrypted and no key was given",
+                        self.seq
+                    ))
+                })?;
+                Some(key.open(self.seq, &self.body, &self.body_sha256)?)
+            }
+        };
+        let stored = opened.as_deref().unwrap_or(&self.body);
         let raw = match self.encoding {
-            BodyEncoding::Raw => self.body.clone(),
-            BodyEncoding::Zstd => self.decompress()?,
+            BodyEncoding::Raw | BodyEncoding::RawSealed => stored.to_vec(),
+            BodyEncoding::Zstd | BodyEncoding::ZstdSealed => self.decompress(stored)?,
         };
         if raw.len() as u64 != self.body_len {
             return Err(JournalError::corrupt(
@@ -241,7 +273,7 @@ impl Stored {
         Ok(raw)
     }
 
-    fn decompress(&self) -> Result<Vec<u8>, JournalError> {
+    fn decompress(&self, compressed: &[u8]) -> Result<Vec<u8>, JournalError> {
         let corrupt = |e: io::Error| {
             JournalError::corrupt(self.seq, format!("body decompression failed: {e}"))
         };
@@ -249,18 +281,17 @@ impl Stored {
         // zstd frame and our header agree on the length: the output buffer is
         // allocated up front, so a corrupted length alone must not size it.
         // zstd fails rather than write past that buffer.
-        let framed = zstd::zstd_safe::get_frame_content_size(&self.body);
+        let framed = zstd::zstd_safe::get_frame_content_size(compressed);
         if matches!(framed, Ok(Some(n)) if n == self.body_len && n <= BULK_DECOMPRESS_MAX) {
             let mut out = Vec::with_capacity(self.body_len as usize);
-            with_decompressor(|d| d.decompress_to_buffer(self.body.as_slice(), &mut out))
-                .map_err(corrupt)?;
+            with_decompressor(|d| d.decompress_to_buffer(compressed, &mut out)).map_err(corrupt)?;
             return Ok(out);
         }
         // Read at most one byte past the declared length: a corrupted length
         // or a zstd bomb must not make us allocate without bound.
         let limit = self.body_len.saturating_add(1);
-        let mut out = Vec::with_capacity(self.body_len.min(self.body.len() as u64 * 16) as usize);
-        zstd::stream::read::Decoder::new(self.body.as_slice())
+        let mut out = Vec::with_capacity(self.body_len.min(compressed.len() as u64 * 16) as usize);
+        zstd::stream::read::Decoder::new(compressed)
             .map_err(corrupt)?
             .take(limit)
             .read_to_end(&mut out)
@@ -269,8 +300,8 @@ impl Stored {
     }
 
     /// Full record, body restored and verified.
-    pub(crate) fn into_record(self) -> Result<Record, JournalError> {
-        let body = self.raw_body()?;
+    pub(crate) fn into_record(self, key: Option<&BodyKey>) -> Result<Record, JournalError> {
+        let body = self.raw_body(key)?;
         let mut kind = self.header;
         kind.put_body(body);
         Ok(Record {

@@ -189,9 +189,10 @@ impl Journal {
         let body_len = rec.kind.body().len();
         let min = self.inner.opts.compress_min_bytes;
         let rec = if body_len <= INLINE_PREPARE_MAX {
-            codec::prepare(rec, min)
+            codec::prepare(rec, min, self.key())
         } else {
-            tokio::task::spawn_blocking(move || codec::prepare(rec, min))
+            let key = self.inner.opts.body_key.clone();
+            tokio::task::spawn_blocking(move || codec::prepare(rec, min, key.as_deref()))
                 .await
                 .map_err(|_| JournalError::Closed)?
         };

@@ -54,6 +54,12 @@ pub enum JournalError {
     /// earlier storage failure left it unusable until it is reopened).
     #[error("journal is closed")]
     Closed,
+    /// The body encryption key is missing, unreadable or not this journal's.
+    #[error("journal encryption key: {0}")]
+    Key(String),
+    /// A retention or legal-hold request that cannot be carried out as asked.
+    #[error("journal retention: {0}")]
+    Retention(String),
 }
 
 impl JournalError {
@@ -95,6 +101,8 @@ impl JournalError {
             JournalError::Encode(e) => JournalError::Encode(e.clone()),
             JournalError::NotFound(seq) => JournalError::NotFound(*seq),
             JournalError::Closed => JournalError::Closed,
+            JournalError::Key(text) => JournalError::Key(text.clone()),
+            JournalError::Retention(text) => JournalError::Retention(text.clone()),
         }
     }
 }

@@ -18,6 +18,14 @@ pub(crate) enum Index {
     Day,
     /// Every audit record (empty value: the key is `0x00 || seq_be`).
     Audit,
+    /// Records under a legal hold: `seq_be || 0x00 || hold_be` (see `retention.rs`).
+    Held,
+    /// Every hold placed: `0x00 || hold_be`.
+    Holds,
+    /// Every hold released: `0x00 || hold_be`.
+    Released,
+    /// Every pruned range: `first_be || last_be || prev_chain || chain`.
+    Pruned,
 }
 
 /// Set in `meta` once every audit record written before the audit index existed is in it.
@@ -59,7 +67,7 @@ pub(crate) fn format_day(d: time::Date) -> String {
     format!("{:04}{:02}{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
-fn key(value: &[u8], seq: Seq) -> Vec<u8> {
+pub(crate) fn key(value: &[u8], seq: Seq) -> Vec<u8> {
     let mut k = Vec::with_capacity(value.len() + 9);
     k.extend_from_slice(value);
     k.push(0);
@@ -70,8 +78,9 @@ fn key(value: &[u8], seq: Seq) -> Vec<u8> {
 /// Every index entry a record needs.
 pub(crate) fn entries(seq: Seq, time_ms: u64, header: &RecordKind) -> Vec<(Index, Vec<u8>)> {
     let mut out = vec![(Index::Day, key(day_value(time_ms).as_bytes(), seq))];
-    if let RecordKind::Audit(_) = header {
+    if let RecordKind::Audit(audit) = header {
         out.push((Index::Audit, key(b"", seq)));
+        out.extend(crate::retention::entries(seq, audit));
     }
     if let RecordKind::Message(m) = header {
         if let Some(id) = m.message_id.as_deref().map(normalize_message_id)
@@ -101,6 +110,10 @@ impl Trees {
             Index::Recipient => &self.idx_recipient,
             Index::Day => &self.idx_day,
             Index::Audit => &self.idx_audit,
+            Index::Held => &self.idx_held,
+            Index::Holds => &self.idx_holds,
+            Index::Released => &self.idx_released,
+            Index::Pruned => &self.idx_pruned,
         }
     }
 

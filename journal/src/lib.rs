@@ -34,11 +34,18 @@
 //! | `state` | seq_be | postcard([`DeliveryState`]) |
 //! | `undelivered` | seq_be | empty (Pending/Deferred only) |
 //! | `resync_primary` | seq_be | empty: messages the primary has yet to receive |
+//! | `idx_held` | `seq_be \|\| 0x00 \|\| hold_be` | empty: record under legal hold `hold` |
+//! | `idx_holds`, `idx_released` | `0x00 \|\| hold_be` | empty: holds placed, released |
+//! | `idx_pruned` | `first_be \|\| last_be \|\| prev_chain \|\| chain` | empty: a pruned run |
 //! | `meta` | `indexed_through` | seq_be up to which indexes/state are written |
 //! | `user_meta` | caller's name (UTF-8) | caller's bytes ([`Journal::set_meta`]) |
 //!
+//! The last four trees are derived from the `journal-hold`, `journal-release` and
+//! `journal-prune` audit records, like the search indexes ([`retention`]).
+//!
 //! `StoredRecord` is, in postcard order: `seq`, `time_ms`, the
-//! [`RecordKind`] with an empty body, the body encoding (`Raw` or `Zstd`),
+//! [`RecordKind`] with an empty body, the body encoding (`Raw`, `Zstd`, and with a
+//! [`BodyKey`] `RawSealed` or `ZstdSealed`: AES-256-GCM over the stored bytes),
 //! the raw body length, the stored (maybe zstd-compressed) body,
 //! `body_sha256`, `prev_chain`, `chain`. Bodies are compressed when they are
 //! at least [`JournalOptions::compress_min_bytes`] long and zstd saves at
@@ -82,6 +89,15 @@
 //!
 //! Strings are hashed exactly as stored (no case folding or trimming).
 //!
+//! # Retention
+//!
+//! [`Journal::prune`] removes delivered messages and mailbox changes older than a
+//! cut-off, except those under a [`Journal::hold`]; audit records stay. Each pruned run
+//! leaves a checkpoint (its first and last seq, the chain hash before and after it) in
+//! the `journal-prune` record that removed it, and [`Journal::verify`] crosses the run
+//! by that checkpoint, so the remaining chain verifies and stays tamper-evident. A
+//! replica that receives the prune record removes the same records.
+//!
 //! # Durability
 //!
 //! [`Journal::append`] returns only after sled's `flush()`, an fsync of any
@@ -117,9 +133,12 @@ mod error;
 mod index;
 mod mailbox;
 pub mod metrics;
+mod prune;
 mod record;
 mod recovery;
 mod resync;
+pub mod retention;
+mod seal;
 mod state;
 mod store;
 mod sync;
@@ -127,10 +146,13 @@ mod verify;
 
 pub use error::JournalError;
 pub use mailbox::{MailboxChange, MailboxRecord, MessageRef};
+pub use prune::{PRUNE_BATCH, PruneReport};
 pub use record::{
     Appended, AuditRecord, ClientInfo, MessageRecord, NewRecord, Record, RecordKind, Seq,
     check_chain,
 };
+pub use retention::Hold;
+pub use seal::BodyKey;
 pub use state::{DeliveryState, DeliveryStatus};
 pub use store::{Journal, JournalOptions};
 pub use verify::{PROGRESS_EVERY, VerifyReport};

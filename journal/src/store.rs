@@ -18,6 +18,7 @@ use crate::commit::Writer;
 use crate::error::JournalError;
 use crate::record::{Record, Seq};
 use crate::recovery;
+use crate::seal::{self, BodyKey};
 
 /// Tuning knobs. Build them from [`JournalOptions::default()`] (fields may
 /// be added).
@@ -34,6 +35,9 @@ pub struct JournalOptions {
     /// records, index lookups and inserts into large indexes slow down when
     /// the cache is smaller than their working set. Default 64 MiB.
     pub cache_bytes: u64,
+    /// Seals record bodies at rest ([`BodyKey`]); `None` stores them readable. A journal
+    /// once sealed refuses to open without its key, or with another one.
+    pub body_key: Option<Arc<BodyKey>>,
 }
 
 impl Default for JournalOptions {
@@ -41,6 +45,7 @@ impl Default for JournalOptions {
         JournalOptions {
             compress_min_bytes: 512,
             cache_bytes: 64 << 20,
+            body_key: None,
         }
     }
 }
@@ -61,6 +66,11 @@ pub(crate) struct Trees {
     pub idx_audit: sled::Tree,
     /// Seqs the primary's mail server has yet to receive ([`Journal::resync_mark`]).
     pub resync: sled::Tree,
+    /// Legal holds and pruned ranges, derived from their audit records (`retention.rs`).
+    pub idx_held: sled::Tree,
+    pub idx_holds: sled::Tree,
+    pub idx_released: sled::Tree,
+    pub idx_pruned: sled::Tree,
 }
 
 impl Trees {
@@ -77,6 +87,10 @@ impl Trees {
             idx_day: db.open_tree("idx_day")?,
             idx_audit: db.open_tree("idx_audit")?,
             resync: db.open_tree("resync_primary")?,
+            idx_held: db.open_tree("idx_held")?,
+            idx_holds: db.open_tree("idx_holds")?,
+            idx_released: db.open_tree("idx_released")?,
+            idx_pruned: db.open_tree("idx_pruned")?,
         })
     }
 }
@@ -100,6 +114,9 @@ pub(crate) struct Inner {
     /// Blob files already fsynced (see `sync.rs`).
     pub synced_blobs: Mutex<HashSet<OsString>>,
     pub state_lock: Mutex<()>,
+    /// One hold, release or prune at a time: a prune must not plan around a hold being
+    /// placed.
+    pub retention_lock: tokio::sync::Mutex<()>,
     /// Test hook: this many upcoming syncs fail with `Full`.
     pub inject_sync_failures: AtomicU32,
 }
@@ -125,6 +142,7 @@ impl Journal {
             .cache_capacity(opts.cache_bytes)
             .open()?;
         let trees = Trees::open(&db)?;
+        seal::check_key(&trees.meta, opts.body_key.as_deref())?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path)
             .map_err(|e| JournalError::io(format!("opening {}", db_path.display()), e))?;
@@ -143,6 +161,7 @@ impl Journal {
             flushes: AtomicU64::new(0),
             synced_blobs: Mutex::new(HashSet::new()),
             state_lock: Mutex::new(()),
+            retention_lock: tokio::sync::Mutex::new(()),
             inject_sync_failures: AtomicU32::new(0),
         };
         // A freshly created database's directory entries, and whatever the
@@ -159,10 +178,13 @@ impl Journal {
         let inner = Arc::new(inner);
         let writer = Writer::start(inner.clone(), tip.head, tip.chain)?;
         tracing::info!(dir = %dir.display(), head = tip.head, "journal opened");
-        Ok(Journal {
+        let journal = Journal {
             inner,
             writer: Arc::new(writer),
-        })
+        };
+        // Records a prune recorded but had no time to remove before a crash.
+        journal.sweep_pruned()?;
+        Ok(journal)
     }
 
     /// Highest durable seq (0 when empty).
@@ -221,7 +243,7 @@ impl Journal {
         }
         match self.inner.trees.records.get(seq_key(seq))? {
             None => Ok(None),
-            Some(value) => load(seq, &value).map(Some),
+            Some(value) => load(seq, &value, self.key()).map(Some),
         }
     }
 
@@ -242,7 +264,7 @@ impl Journal {
             let (k, v) = item?;
             let key_seq = crate::codec::key_seq(&k)
                 .ok_or_else(|| JournalError::corrupt(0, "malformed record key"))?;
-            out.push(load(key_seq, &v)?);
+            out.push(load(key_seq, &v, self.key())?);
             if out.len() >= max {
                 break;
             }
@@ -254,6 +276,11 @@ impl Journal {
     /// the group-commit tests).
     pub fn flush_count(&self) -> u64 {
         self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// The key that seals bodies, if this journal has one.
+    pub(crate) fn key(&self) -> Option<&BodyKey> {
+        self.inner.opts.body_key.as_deref()
     }
 
     /// The journal's directory.
@@ -277,7 +304,7 @@ impl Journal {
 }
 
 /// Decodes and fully checks one stored value found under key `seq`.
-fn load(seq: Seq, value: &[u8]) -> Result<Record, JournalError> {
+fn load(seq: Seq, value: &[u8], key: Option<&BodyKey>) -> Result<Record, JournalError> {
     let stored = decode(seq, value)?;
     if stored.seq != seq {
         return Err(JournalError::corrupt(
@@ -285,5 +312,5 @@ fn load(seq: Seq, value: &[u8]) -> Result<Record, JournalError> {
             format!("value stored under seq {seq} claims seq {}", stored.seq),
         ));
     }
-    stored.into_record()
+    stored.into_record(key)
 }

@@ -4,13 +4,20 @@
 //! computation an external auditor would do from the documented formula, and
 //! stops at the first record that does not check out (everything after it
 //! links to a broken link, so later results would say nothing new).
+//!
+//! Pruned runs are crossed by their checkpoints (`retention.rs`): the run must start
+//! where the chain so far ends, the walk goes on from the checkpoint's chain hash, and
+//! a `journal-prune` record later in the chain must list exactly that checkpoint.
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, key_seq, seq_key};
 use crate::error::JournalError;
-use crate::record::Seq;
+use crate::record::{RecordKind, Seq};
+use crate::retention::{PRUNE, PruneDetail, PrunedRange};
+use crate::seal::BodyKey;
 use crate::store::Journal;
+use std::collections::HashSet;
 
 /// How often [`Journal::verify_with`] reports progress, in records.
 pub const PROGRESS_EVERY: u64 = 4096;
@@ -24,6 +31,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Raw body bytes hashed.
     pub body_bytes: u64,
+    /// Records removed by retention, crossed by their checkpoints.
+    #[serde(default)]
+    pub records_pruned: u64,
     /// The durable head the walk went up to.
     pub head: Seq,
     /// The first record that failed a check, and why.
@@ -61,22 +71,28 @@ impl Journal {
         if head == 0 {
             return Ok(report);
         }
+        // Checkpoints crossed, and those the chain's prune records vouch for.
+        let mut crossed: Vec<PrunedRange> = Vec::new();
+        let mut vouched: HashSet<(Seq, Seq, [u8; 32], [u8; 32])> = HashSet::new();
         for item in self.inner.trees.records.range(..=seq_key(head)) {
             let (k, v) = item?;
             let Some(seq) = key_seq(&k) else {
                 report.first_broken = Some((expected, "malformed record key".into()));
                 return Ok(report);
             };
-            if seq != expected {
-                report.first_broken = Some((expected, format!("record missing (next is {seq})")));
+            if let Err(reason) =
+                self.cross_pruned(&mut expected, seq, &mut prev_chain, &mut crossed)
+            {
+                report.first_broken = Some((expected, reason));
                 return Ok(report);
             }
-            match check(seq, &v, &prev_chain) {
-                Ok((chain, body_len)) => {
-                    prev_chain = chain;
+            match check(seq, &v, &prev_chain, self.key()) {
+                Ok(checked) => {
+                    prev_chain = checked.chain;
+                    vouched.extend(checked.vouches);
                     report.records_checked += 1;
                     report.bytes += v.len() as u64;
-                    report.body_bytes += body_len;
+                    report.body_bytes += checked.body_len;
                     if report.records_checked.is_multiple_of(PROGRESS_EVERY) {
                         progress(&report);
                     }
@@ -91,6 +107,18 @@ impl Journal {
         if expected <= head {
             report.first_broken = Some((expected, "record missing (end of journal)".into()));
         }
+        report.records_pruned = crossed.iter().map(|r| r.last + 1 - r.first).sum();
+        if let Some(r) =
+            (crossed.iter()).find(|r| !vouched.contains(&(r.first, r.last, r.prev_chain, r.chain)))
+        {
+            report.first_broken = Some((
+                r.first,
+                format!(
+                    "records {}..={} are missing and no prune record in the chain accounts for them",
+                    r.first, r.last
+                ),
+            ));
+        }
         tracing::info!(
             records = report.records_checked,
             bytes = report.bytes,
@@ -101,8 +129,52 @@ impl Journal {
     }
 }
 
-/// Checks one record; returns its chain and raw body length, or why not.
-fn check(seq: Seq, value: &[u8], prev_chain: &[u8; 32]) -> Result<([u8; 32], u64), String> {
+impl Journal {
+    /// Moves `expected` (and the chain) across the pruned runs that end right before
+    /// `seq`, or says why the gap is not a pruned run.
+    fn cross_pruned(
+        &self,
+        expected: &mut Seq,
+        seq: Seq,
+        prev_chain: &mut [u8; 32],
+        crossed: &mut Vec<PrunedRange>,
+    ) -> Result<(), String> {
+        while *expected < seq {
+            let range = self
+                .pruned_at(*expected)
+                .map_err(|e| format!("reading pruned ranges: {e}"))?;
+            let Some(range) = range.filter(|r| r.last < seq) else {
+                return Err(format!("record missing (next is {seq})"));
+            };
+            if range.prev_chain != *prev_chain {
+                return Err(format!(
+                    "pruned records {}..={} did not follow the chain here",
+                    range.first, range.last
+                ));
+            }
+            *prev_chain = range.chain;
+            *expected = range.last + 1;
+            crossed.push(range);
+        }
+        Ok(())
+    }
+}
+
+/// What one record contributed to the walk.
+struct Checked {
+    chain: [u8; 32],
+    body_len: u64,
+    /// The checkpoints a prune record lists.
+    vouches: Vec<(Seq, Seq, [u8; 32], [u8; 32])>,
+}
+
+/// Checks one record, or says why it fails.
+fn check(
+    seq: Seq,
+    value: &[u8],
+    prev_chain: &[u8; 32],
+    key: Option<&BodyKey>,
+) -> Result<Checked, String> {
     let stored = decode(seq, value).map_err(|e| reason(&e))?;
     if stored.seq != seq {
         return Err(format!(
@@ -113,11 +185,26 @@ fn check(seq: Seq, value: &[u8], prev_chain: &[u8; 32]) -> Result<([u8; 32], u64
     if &stored.prev_chain != prev_chain {
         return Err("prev_chain does not match the previous record's chain".into());
     }
-    stored.raw_body().map_err(|e| reason(&e))?;
+    stored.raw_body(key).map_err(|e| reason(&e))?;
     if stored.expected_chain(prev_chain) != stored.chain {
         return Err("chain hash mismatch (record content altered)".into());
     }
-    Ok((stored.chain, stored.body_len))
+    let vouches = match &stored.header {
+        RecordKind::Audit(audit) if audit.action == PRUNE => {
+            let detail: PruneDetail = serde_json::from_str(&audit.detail)
+                .map_err(|e| format!("prune record does not parse: {e}"))?;
+            (detail.checkpoints.iter())
+                .filter_map(|cp| PrunedRange::from_key(&cp.key()?))
+                .map(|r| (r.first, r.last, r.prev_chain, r.chain))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Checked {
+        chain: stored.chain,
+        body_len: stored.body_len,
+        vouches,
+    })
 }
 
 fn reason(e: &JournalError) -> String {

@@ -28,6 +28,7 @@ pub mod mailstack;
 pub mod metrics;
 pub mod replication;
 pub mod resync;
+pub mod retention;
 pub mod smtp;
 pub mod standby;
 pub mod tls;
@@ -254,6 +255,14 @@ pub async fn run(
         };
         tasks.spawn(alerts::run(config.clone(), watched, shutdown.clone()));
     }
+    if let Some(pruner) = retention::task(
+        journal.clone(),
+        config.retention.clone(),
+        shared.replicator.clone(),
+        shutdown.clone(),
+    ) {
+        tasks.spawn(pruner);
+    }
     tasks.spawn(sweep_upstreams(shared.clone()));
     tasks.spawn(smtp::route::follow_active_backend(shared.clone()));
     tasks.spawn(delivery::run(
@@ -374,13 +383,32 @@ fn journal_dir(config: &Config) -> std::path::PathBuf {
 }
 
 async fn open_journal(config: &Config) -> Result<Journal, RunError> {
-    open_journal_at(journal_dir(config)).await
+    open_journal_at(journal_dir(config), config.journal.key_file.clone()).await
 }
 
-/// Opens the journal in `dir` off the async threads.
-pub(crate) async fn open_journal_at(dir: std::path::PathBuf) -> Result<Journal, RunError> {
+/// The journal's options: the defaults, and the body key read from `key_file`.
+pub fn journal_options(
+    key_file: Option<&std::path::Path>,
+) -> Result<JournalOptions, levee_journal::JournalError> {
+    let body_key = match key_file {
+        Some(path) => Some(std::sync::Arc::new(levee_journal::BodyKey::from_file(
+            path,
+        )?)),
+        None => None,
+    };
+    Ok(JournalOptions {
+        body_key,
+        ..JournalOptions::default()
+    })
+}
+
+/// Opens the journal in `dir` off the async threads, with the body key in `key_file`.
+pub(crate) async fn open_journal_at(
+    dir: std::path::PathBuf,
+    key_file: Option<std::path::PathBuf>,
+) -> Result<Journal, RunError> {
     let path = dir.display().to_string();
-    tokio::task::spawn_blocking(move || Journal::open(&dir, JournalOptions::default()))
+    tokio::task::spawn_blocking(move || Journal::open(&dir, journal_options(key_file.as_deref())?))
         .await
         .map_err(|join| RunError::Journal {
             path: path.clone(),

@@ -17,13 +17,13 @@ fn message(body: Vec<u8>) -> NewRecord {
 }
 
 fn roundtrip(rec: NewRecord, min: usize) -> (BodyEncoding, usize, Record) {
-    let p = prepare(rec, min);
+    let p = prepare(rec, min, None);
     let (encoding, stored_len) = (p.encoding, p.body.len());
     let (chain, value) = p.seal(7, [3; 32]).unwrap();
     let stored = decode(7, &value).unwrap();
     assert_eq!(stored.chain, chain);
     assert_eq!(stored.expected_chain(&[3; 32]), chain);
-    (encoding, stored_len, stored.into_record().unwrap())
+    (encoding, stored_len, stored.into_record(None).unwrap())
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn reused_contexts_roundtrip_many_bodies() {
 #[test]
 fn zstd_length_mismatch_is_corrupt_on_both_paths() {
     let text = b"To: someone\r\n".repeat(200);
-    let (_, value) = prepare(message(text.clone()), 512)
+    let (_, value) = prepare(message(text.clone()), 512, None)
         .seal(1, [0; 32])
         .unwrap();
     let good = decode(1, &value).unwrap();
@@ -97,7 +97,10 @@ fn zstd_length_mismatch_is_corrupt_on_both_paths() {
             ..decode(1, &value).unwrap()
         };
         assert!(
-            matches!(bad.raw_body(), Err(JournalError::Corrupt { seq: 1, .. })),
+            matches!(
+                bad.raw_body(None),
+                Err(JournalError::Corrupt { seq: 1, .. })
+            ),
             "body_len {body_len}"
         );
     }
@@ -115,12 +118,12 @@ fn zstd_length_mismatch_is_corrupt_on_both_paths() {
         zstd::zstd_safe::get_frame_content_size(&streamed.body).unwrap(),
         None
     );
-    assert_eq!(streamed.raw_body().unwrap(), text);
+    assert_eq!(streamed.raw_body(None).unwrap(), text);
 }
 
 #[test]
 fn unknown_version_and_trailing_bytes_are_corrupt() {
-    let (_, mut value) = prepare(message(b"x".to_vec()), 512)
+    let (_, mut value) = prepare(message(b"x".to_vec()), 512, None)
         .seal(1, [0; 32])
         .unwrap();
     let mut bad = value.clone();

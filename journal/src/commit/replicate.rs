@@ -22,8 +22,10 @@ use crate::codec::{self, Prepared};
 use crate::error::JournalError;
 use crate::metrics as m;
 use crate::record::{
-    BODY_HASH_MISMATCH, CHAIN_MISMATCH, NewRecord, PREV_CHAIN_MISMATCH, Record, Seq, sha256,
+    BODY_HASH_MISMATCH, CHAIN_MISMATCH, NewRecord, PREV_CHAIN_MISMATCH, Record, RecordKind, Seq,
+    sha256,
 };
+use crate::seal::BodyKey;
 use crate::store::Journal;
 
 /// An offered record, body hashed and encoded for storage.
@@ -39,7 +41,11 @@ pub(crate) struct Offered {
 
 /// Hashes and encodes the batch, stopping after the first record whose body
 /// does not match its hash: the writer refuses the batch at or before it.
-fn prepare_all(records: Vec<Record>, compress_min_bytes: usize) -> Vec<Offered> {
+fn prepare_all(
+    records: Vec<Record>,
+    compress_min_bytes: usize,
+    key: Option<&BodyKey>,
+) -> Vec<Offered> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         let body_ok = sha256(r.kind.body()) == r.body_sha256;
@@ -52,7 +58,7 @@ fn prepare_all(records: Vec<Record>, compress_min_bytes: usize) -> Vec<Offered> 
             prev_chain: r.prev_chain,
             chain: r.chain,
             body_ok,
-            rec: codec::prepare_hashed(new, r.body_sha256, compress_min_bytes),
+            rec: codec::prepare_hashed(new, r.body_sha256, compress_min_bytes, key),
         });
         if !body_ok {
             break;
@@ -90,18 +96,29 @@ impl Journal {
             return Ok(self.head());
         }
         let count = records.len() as u64;
+        let prunes = records.iter().any(
+            |r| matches!(&r.kind, RecordKind::Audit(a) if a.action == crate::retention::PRUNE),
+        );
         let body_bytes: usize = records.iter().map(|r| r.kind.body().len()).sum();
         let min = self.inner.opts.compress_min_bytes;
         let offered = if body_bytes <= INLINE_PREPARE_MAX {
-            prepare_all(records, min)
+            prepare_all(records, min, self.key())
         } else {
-            tokio::task::spawn_blocking(move || prepare_all(records, min))
+            let key = self.inner.opts.body_key.clone();
+            tokio::task::spawn_blocking(move || prepare_all(records, min, key.as_deref()))
                 .await
                 .map_err(|_| JournalError::Closed)?
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.writer.submit(Job::Replicate { offered, reply })?;
         let last = answer.await.map_err(|_| JournalError::Closed)??;
+        if prunes {
+            // The primary pruned: remove the same records here.
+            let journal = self.clone();
+            tokio::task::spawn_blocking(move || journal.sweep_pruned())
+                .await
+                .map_err(|_| JournalError::Closed)??;
+        }
         metrics::counter!(m::REPLICATED_TOTAL).increment(count);
         metrics::counter!(m::BYTES_TOTAL).increment(body_bytes as u64);
         Ok(last)

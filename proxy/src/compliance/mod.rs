@@ -5,6 +5,7 @@
 //! primary streamed to it.
 
 pub mod export;
+pub mod hold;
 pub mod progress;
 pub mod replay;
 pub mod search;
@@ -14,7 +15,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use levee_journal::{Journal, JournalOptions, NewRecord};
+use levee_journal::{Journal, NewRecord};
 
 /// Journal meta key naming what a journal is; the replica daemon sets it to `replica`.
 pub const ROLE_KEY: &str = "journal_role";
@@ -28,6 +29,9 @@ pub struct Source {
     /// A journal directory (`<data_dir>/journal`), e.g. a copy taken for an audit.
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
+    /// The key file of an encrypted journal (with --config, its `[journal] key_file`).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +53,18 @@ pub enum JournalCommand {
         #[command(flatten)]
         source: Source,
     },
+    /// Place a legal hold on the selected messages: never pruned until released.
+    Hold(Box<hold::HoldArgs>),
+    /// List the legal holds.
+    Holds {
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Lift a legal hold.
+    Release(Box<hold::ReleaseArgs>),
+    /// Prune delivered, replicated, unheld messages older than --days or --before now
+    /// (what `[retention]` does in the background); the chain stays verifiable.
+    Prune(Box<hold::PruneArgs>),
 }
 
 /// `levee journal ...`.
@@ -58,6 +74,10 @@ pub fn run(command: JournalCommand) -> ExitCode {
         JournalCommand::Export(args) => export::run(&args),
         JournalCommand::Replay(args) => replay::run(&args),
         JournalCommand::Verify { source } => verify::run(&source),
+        JournalCommand::Hold(args) => hold::hold(&args),
+        JournalCommand::Holds { source } => hold::list(&source),
+        JournalCommand::Release(args) => hold::release(&args),
+        JournalCommand::Prune(args) => hold::prune(&args),
     }
 }
 
@@ -73,23 +93,25 @@ pub fn usage_error(what: &str, message: &str, json: bool) -> ExitCode {
 
 /// Opens the journal `source` names.
 pub fn open(source: &Source) -> Result<Journal, String> {
-    let dir = match (&source.journal, &source.config) {
-        (Some(dir), _) => dir.clone(),
+    let (dir, key_file) = match (&source.journal, &source.config) {
+        (Some(dir), _) => (dir.clone(), source.key_file.clone()),
         (None, Some(file)) => {
             let config = <levee_config::Config as levee_config::ConfigFile>::load(file)
                 .map_err(|e| format!("{}: configuration rejected:\n{e}", file.display()))?;
-            config.node.data_dir.join("journal")
+            let key_file = source.key_file.clone().or(config.journal.key_file);
+            (config.node.data_dir.join("journal"), key_file)
         }
         (None, None) => return Err("name the journal: --config FILE or --journal DIR".into()),
     };
-    open_dir(&dir)
+    open_dir(&dir, key_file.as_deref())
 }
 
-fn open_dir(dir: &Path) -> Result<Journal, String> {
+fn open_dir(dir: &Path, key_file: Option<&Path>) -> Result<Journal, String> {
     if !dir.join("db").exists() && !dir.join("conf").exists() {
         return Err(format!("{} holds no journal", dir.display()));
     }
-    Journal::open(dir, JournalOptions::default()).map_err(|e| {
+    let options = crate::journal_options(key_file).map_err(|e| e.to_string())?;
+    Journal::open(dir, options).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") || text.contains("temporarily unavailable") {
             format!(
@@ -127,17 +149,21 @@ pub fn audit_now(journal: &Journal, action: &str, detail: String) {
     }
 }
 
+/// Who runs a journal command, as audit records name them.
+pub fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
 /// Records `action` as an audit record in `journal` (not in a replica's); says on stderr
 /// when it could not.
 pub async fn audit(journal: &Journal, action: &str, detail: String) {
     if matches!(journal.get_meta(ROLE_KEY), Ok(Some(role)) if role == b"replica") {
         return;
     }
-    let actor = format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
-    let record = NewRecord::audit(crate::smtp::now_ms(), actor, action, detail);
+    let record = NewRecord::audit(crate::smtp::now_ms(), actor(), action, detail);
     if let Err(err) = journal.append(record).await {
         eprintln!("levee journal: the audit record of this {action} could not be written: {err}");
     }

@@ -105,6 +105,7 @@ fn args() -> SearchArgs {
         source: Source {
             config: None,
             journal: None,
+            key_file: None,
             json: true,
         },
         selection: Selection::default(),

@@ -122,7 +122,7 @@ fn bare_id(id: &str) -> &str {
 }
 
 /// A time filter: an RFC 3339 instant, or a day (its start, or with `end` its end).
-fn instant(text: &str, end: bool) -> Result<u64, String> {
+pub fn instant(text: &str, end: bool) -> Result<u64, String> {
     let invalid = || format!("invalid date {text:?}: use 2026-11-22 or 2026-11-22T10:00:00Z");
     let t = match OffsetDateTime::parse(text, &Rfc3339) {
         Ok(t) => t,

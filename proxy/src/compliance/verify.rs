@@ -31,8 +31,8 @@ pub fn run(source: &Source) -> ExitCode {
     let mb_per_s = report.bytes as f64 / 1e6 / seconds.max(1e-9);
     let detail = match &report.first_broken {
         None => format!(
-            "intact: {} records through seq {}",
-            report.records_checked, report.head
+            "intact: {} records through seq {} ({} pruned, crossed by their checkpoints)",
+            report.records_checked, report.head, report.records_pruned
         ),
         Some((seq, why)) => format!("BROKEN at record {seq}: {why}"),
     };
@@ -44,6 +44,7 @@ pub fn run(source: &Source) -> ExitCode {
                 "ok": report.is_intact(),
                 "head": report.head,
                 "records_checked": report.records_checked,
+                "records_pruned": report.records_pruned,
                 "bytes": report.bytes,
                 "body_bytes": report.body_bytes,
                 "seconds": seconds,

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use levee_config::ReplicaConfig;
-use levee_journal::{Journal, JournalOptions};
+use levee_journal::Journal;
 use levee_replica::auth::Token;
 use levee_replica::receiver::{self, ReceiverSettings};
 use tokio::net::TcpListener;
@@ -47,7 +47,7 @@ pub async fn run(
     // The recorder first: gauges set during start-up must not be lost.
     crate::metrics::handle();
     let dir = config.node.data_dir.join("journal");
-    let journal = crate::open_journal_at(dir).await?;
+    let journal = crate::open_journal_at(dir, config.journal.key_file.clone()).await?;
     // Compliance tools must not add records to a journal that mirrors the primary's.
     if let Err(err) = journal.set_meta(crate::compliance::ROLE_KEY, b"replica") {
         tracing::warn!(%err, "cannot mark the journal as a replica's");
@@ -144,6 +144,6 @@ fn replica_status(config: &ReplicaConfig, journal: &Journal) -> crate::metrics::
 pub fn open_journal(config: &ReplicaConfig) -> Result<Journal, levee_journal::JournalError> {
     Journal::open(
         &config.node.data_dir.join("journal"),
-        JournalOptions::default(),
+        crate::journal_options(config.journal.key_file.as_deref())?,
     )
 }
