@@ -5,9 +5,11 @@
   admin_call.py --port P [--cafile CA --server-name NAME] [--token T] METHOD PATH [BODY]
 
 With --cafile the connection is HTTPS and the certificate is verified against CA for NAME.
-BODY is sent as is with Content-Type: application/json.
+BODY is sent as is with Content-Type: application/json. With --raw the answer's body is
+left as bytes, "body_b64", and its headers are added: "headers" (names in lower case).
 """
 import argparse
+import base64
 import http.client
 import json
 import socket
@@ -22,6 +24,7 @@ def main():
     ap.add_argument("--server-name", default="levee.test")
     ap.add_argument("--token")
     ap.add_argument("--content-type", default="application/json")
+    ap.add_argument("--raw", action="store_true")
     ap.add_argument("method")
     ap.add_argument("path")
     ap.add_argument("body", nargs="?")
@@ -41,7 +44,15 @@ def main():
         headers["Content-Type"] = args.content_type
     conn.request(args.method, args.path, body=body, headers=headers)
     resp = conn.getresponse()
-    text = resp.read().decode("utf-8", "replace")
+    data = resp.read()
+    if args.raw:
+        print(json.dumps({
+            "status": resp.status,
+            "headers": {name.lower(): value for name, value in resp.getheaders()},
+            "body_b64": base64.b64encode(data).decode(),
+        }))
+        return
+    text = data.decode("utf-8", "replace")
     try:
         parsed = json.loads(text)
     except ValueError:

@@ -177,3 +177,39 @@ pub fn admin_call(
     }
     run_json(command)
 }
+
+/// A `GET` from levee's admin API with the body as bytes: its status, its headers (names in
+/// lower case) and its body, as [`admin_call`] sends it.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u64,
+    pub headers: serde_json::Map<String, Value>,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The value of header `name` (lower case), if the answer has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(Value::as_str)
+    }
+}
+
+/// [`admin_call`] for a `GET` whose answer is not JSON (a message, an mbox).
+pub fn admin_get_raw(port: u16, ca: Option<&Path>, token: Option<&str>, path: &str) -> RawAnswer {
+    let mut command = Command::new("python3");
+    command.arg(script("admin_call.py"));
+    command.args(["--port", &port.to_string(), "--raw"]);
+    if let Some(ca) = ca {
+        command.arg("--cafile").arg(ca);
+    }
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    command.args(["GET", path]);
+    let answer = run_json(command);
+    RawAnswer {
+        status: answer["status"].as_u64().expect("status"),
+        headers: answer["headers"].as_object().cloned().unwrap_or_default(),
+        body: decode_b64(answer["body_b64"].as_str().expect("body_b64")),
+    }
+}

@@ -1,5 +1,9 @@
 //! The admin API: `GET /v1/status`, `GET /v1/audit?before=&limit=` and `GET /metrics`
 //! (Prometheus text) (viewer),
+//! `GET /v1/journal/search?since=&until=&from=&rcpt=&message_id=&subject=&user=&direction=&limit=&after=`
+//! (matching messages, a page at a time), `GET /v1/journal/messages/{seq}` (one message as
+//! journaled, `message/rfc822`) and `GET /v1/journal/export?<the same filters>` (an mbox)
+//! (viewer, each an audit record),
 //! `POST /v1/switchover {to, reason}` and
 //! `POST /v1/failback {reason}` (operator). Every request carries
 //! `Authorization: Bearer <token>`; every refused one (no token, a wrong one, too weak a
@@ -19,6 +23,7 @@ use levee_journal::{Journal, NewRecord, RecordKind};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::journal;
 use super::listener::Peer;
 use super::switch::switch;
 use super::{Caller, FailedLogins, Role, Tokens};
@@ -46,6 +51,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/switchover", post(switchover))
         .route("/v1/failback", post(failback))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/journal/search", get(journal::search_messages))
+        .route("/v1/journal/messages/{seq}", get(journal::message))
+        .route("/v1/journal/export", get(journal::export))
         .route("/metrics", get(metrics))
         .merge(super::console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -71,6 +79,14 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -100,7 +116,7 @@ pub(super) async fn audit(journal: &Journal, actor: String, action: &str, detail
 }
 
 /// The caller, if their token is good and their role is at least `need`.
-async fn authorize(
+pub(super) async fn authorize(
     state: &AdminState,
     peer: Peer,
     headers: &HeaderMap,

@@ -1,12 +1,14 @@
-//! The admin surface: an HTTPS JSON API ([`api`]) for status, switchover and failback,
-//! behind bearer tokens kept as Argon2id hashes in a tokens file ([`tokens`]) with roles, and
-//! a per-address limit on failed logins ([`limiter`]). `levee admin token` makes tokens;
+//! The admin surface: an HTTPS JSON API ([`api`]) for status, switchover and failback, and
+//! read-only compliance access to the journal (`journal`), behind bearer tokens kept as
+//! Argon2id hashes in a tokens file ([`tokens`]) with roles, and a per-address limit on
+//! failed logins ([`limiter`]). `levee admin token` makes tokens;
 //! `levee status`, `switchover` and `failback` ([`commands`]) call the API ([`client`]).
 
 pub mod api;
 pub mod client;
 pub mod commands;
 mod console;
+mod journal;
 pub mod limiter;
 pub mod listener;
 mod switch;
