@@ -138,6 +138,7 @@ mod record;
 mod recovery;
 mod resync;
 pub mod retention;
+mod scan;
 mod seal;
 mod state;
 mod store;

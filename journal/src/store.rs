@@ -137,10 +137,7 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| {
             JournalError::io(format!("creating journal directory {}", dir.display()), e)
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(opts.cache_bytes)
-            .open()?;
+        let db = open_db(dir, opts.cache_bytes)?;
         let trees = Trees::open(&db)?;
         seal::check_key(&trees.meta, opts.body_key.as_deref())?;
         let db_path = dir.join("db");
@@ -303,8 +300,28 @@ impl Journal {
     }
 }
 
+/// Opens sled's database. sled lets go of its file lock only once its background
+/// writers are done, so a journal this process closed a moment ago can still be locked
+/// for a short while: that case is retried briefly (another process holding the journal
+/// keeps the lock, and is reported after the wait).
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, JournalError> {
+    let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Decodes and fully checks one stored value found under key `seq`.
-fn load(seq: Seq, value: &[u8], key: Option<&BodyKey>) -> Result<Record, JournalError> {
+pub(crate) fn load(seq: Seq, value: &[u8], key: Option<&BodyKey>) -> Result<Record, JournalError> {
     let stored = decode(seq, value)?;
     if stored.seq != seq {
         return Err(JournalError::corrupt(

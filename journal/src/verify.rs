@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode, key_seq, seq_key};
+use crate::codec::{decode, seq_key};
 use crate::error::JournalError;
 use crate::record::{RecordKind, Seq};
 use crate::retention::{PRUNE, PruneDetail, PrunedRange};
@@ -74,35 +74,52 @@ impl Journal {
         // Checkpoints crossed, and those the chain's prune records vouch for.
         let mut crossed: Vec<PrunedRange> = Vec::new();
         let mut vouched: HashSet<(Seq, Seq, [u8; 32], [u8; 32])> = HashSet::new();
-        for item in self.inner.trees.records.range(..=seq_key(head)) {
-            let (k, v) = item?;
-            let Some(seq) = key_seq(&k) else {
-                report.first_broken = Some((expected, "malformed record key".into()));
-                return Ok(report);
-            };
-            if let Err(reason) =
-                self.cross_pruned(&mut expected, seq, &mut prev_chain, &mut crossed)
-            {
-                report.first_broken = Some((expected, reason));
-                return Ok(report);
-            }
-            match check(seq, &v, &prev_chain, self.key()) {
-                Ok(checked) => {
-                    prev_chain = checked.chain;
-                    vouched.extend(checked.vouches);
-                    report.records_checked += 1;
-                    report.bytes += v.len() as u64;
-                    report.body_bytes += checked.body_len;
-                    if report.records_checked.is_multiple_of(PROGRESS_EVERY) {
-                        progress(&report);
+        // Each record is checked on its own on the workers; the links between records
+        // are checked here, in seq order.
+        let key = self.key();
+        let mut broken: Option<(Seq, String)> = None;
+        let walked = crate::scan::ordered(
+            self.inner.trees.records.range(..=seq_key(head)),
+            |seq, value| (seq, value.len() as u64, check(seq, value, key)),
+            |(seq, stored_len, checked)| {
+                if let Err(reason) =
+                    self.cross_pruned(&mut expected, seq, &mut prev_chain, &mut crossed)
+                {
+                    broken = Some((expected, reason));
+                    return false;
+                }
+                let checked = match checked {
+                    Ok(checked) if checked.prev_chain == prev_chain => checked,
+                    Ok(_) => {
+                        let why = "prev_chain does not match the previous record's chain";
+                        broken = Some((seq, why.into()));
+                        return false;
                     }
+                    Err(reason) => {
+                        broken = Some((seq, reason));
+                        return false;
+                    }
+                };
+                prev_chain = checked.chain;
+                vouched.extend(checked.vouches);
+                report.records_checked += 1;
+                report.bytes += stored_len;
+                report.body_bytes += checked.body_len;
+                if report.records_checked.is_multiple_of(PROGRESS_EVERY) {
+                    progress(&report);
                 }
-                Err(reason) => {
-                    report.first_broken = Some((seq, reason));
-                    return Ok(report);
-                }
-            }
-            expected += 1;
+                expected += 1;
+                true
+            },
+        );
+        match walked {
+            Ok(()) => {}
+            Err(JournalError::Corrupt { reason, .. }) => broken = Some((expected, reason)),
+            Err(err) => return Err(err),
+        }
+        if let Some(broken) = broken {
+            report.first_broken = Some(broken);
+            return Ok(report);
         }
         if expected <= head {
             report.first_broken = Some((expected, "record missing (end of journal)".into()));
@@ -162,19 +179,17 @@ impl Journal {
 
 /// What one record contributed to the walk.
 struct Checked {
+    /// The chain hash the record says it follows (checked against its predecessor's).
+    prev_chain: [u8; 32],
     chain: [u8; 32],
     body_len: u64,
     /// The checkpoints a prune record lists.
     vouches: Vec<(Seq, Seq, [u8; 32], [u8; 32])>,
 }
 
-/// Checks one record, or says why it fails.
-fn check(
-    seq: Seq,
-    value: &[u8],
-    prev_chain: &[u8; 32],
-    key: Option<&BodyKey>,
-) -> Result<Checked, String> {
+/// Checks one record on its own (its link to the one before is the caller's), or says
+/// why it fails.
+fn check(seq: Seq, value: &[u8], key: Option<&BodyKey>) -> Result<Checked, String> {
     let stored = decode(seq, value).map_err(|e| reason(&e))?;
     if stored.seq != seq {
         return Err(format!(
@@ -182,11 +197,8 @@ fn check(
             stored.seq
         ));
     }
-    if &stored.prev_chain != prev_chain {
-        return Err("prev_chain does not match the previous record's chain".into());
-    }
     stored.raw_body(key).map_err(|e| reason(&e))?;
-    if stored.expected_chain(prev_chain) != stored.chain {
+    if stored.expected_chain(&stored.prev_chain) != stored.chain {
         return Err("chain hash mismatch (record content altered)".into());
     }
     let vouches = match &stored.header {
@@ -201,6 +213,7 @@ fn check(
         _ => Vec::new(),
     };
     Ok(Checked {
+        prev_chain: stored.prev_chain,
         chain: stored.chain,
         body_len: stored.body_len,
         vouches,

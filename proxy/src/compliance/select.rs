@@ -12,8 +12,6 @@ use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// Longest day range looked up day by day in the index; longer ones are scanned.
 const MAX_INDEXED_DAYS: i64 = 366;
-/// Records read per step of a scan.
-const SCAN_PAGE: usize = 512;
 
 /// Which journaled messages a command works on: those matching every filter given.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -172,20 +170,19 @@ pub fn walk(
             }
         }
         None => {
-            let mut next = after + 1;
-            loop {
-                let page = journal
-                    .read_from(next, SCAN_PAGE)
-                    .map_err(|e| e.to_string())?;
-                let Some(last) = page.last().map(|r| r.seq) else {
-                    return Ok(());
-                };
-                for record in page {
-                    if offer(record)? {
-                        return Ok(());
+            // Every message is a candidate: decoded on all cores, offered in order.
+            let mut failed = None;
+            journal
+                .scan_from(after + 1, |record| match offer(record) {
+                    Ok(enough) => !enough,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
                     }
-                }
-                next = last + 1;
+                })
+                .map_err(|e| e.to_string())?;
+            if let Some(err) = failed {
+                return Err(err);
             }
         }
     }

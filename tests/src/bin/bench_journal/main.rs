@@ -37,6 +37,10 @@ struct Args {
     /// Rewrite this file's bench-journal section.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Keep the generated journal in this directory, and reuse it when it is already there
+    /// (for profiling one phase again; the append figure is then not measured).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<std::path::PathBuf>,
 }
 
 /// A deterministic stream of pseudo-random numbers (xorshift).
@@ -200,10 +204,20 @@ fn bench(args: &Args) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("bench-journal-")
         .tempdir_in("/var/tmp")?;
-    let dir = scratch.path().join("journal");
+    let dir = args
+        .keep
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("journal"));
     let load_before = load_average();
     let started = Instant::now();
-    let (append_s, raw) = generate(&dir, args.messages)?;
+    let (append_s, raw) = if dir.join("db").exists() {
+        let raw = (0..args.messages)
+            .map(|i| message(i).body.len() as u64)
+            .sum();
+        (f64::NAN, raw)
+    } else {
+        generate(&dir, args.messages)?
+    };
     eprintln!(
         "bench-journal: {} messages in {append_s:.1} s",
         args.messages
