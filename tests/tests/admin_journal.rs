@@ -2,7 +2,8 @@
 //! through levee is found by recipient and by subject words, a page at a time; one message
 //! is fetched by seq byte for byte; a selection comes back as an mbox holding each message
 //! as sent; bad requests get clear 4xx answers; and every search and export is an audit
-//! record naming the token.
+//! record naming the token. With an operator's token, a legal hold is placed on a
+//! selection and released, each once, as audit records naming the token.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use levee_proxy::compliance::export::mbox_unquote;
 use levee_tests::admin::AdminSetup;
 use levee_tests::clients::{RawAnswer, admin_call, admin_get_raw};
 use levee_tests::{LeveeMode, Site, sample_message};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const ALICE: &str = "alice@example.test";
@@ -41,6 +42,27 @@ impl Api<'_> {
             })
             .collect();
         (found, body["next_after"].as_u64())
+    }
+
+    /// `POST path` with `body`: the status and the JSON answer.
+    fn post(&self, path: &str, body: &Value) -> (u64, Value) {
+        let body = body.to_string();
+        let answer = admin_call(
+            self.port,
+            Some(self.ca),
+            self.token,
+            "POST",
+            path,
+            Some(&body),
+        );
+        (answer["status"].as_u64().unwrap(), answer["body"].clone())
+    }
+
+    /// Every hold, as `GET /v1/journal/holds` lists them.
+    fn holds(&self) -> Vec<Value> {
+        let (status, body) = self.get("/v1/journal/holds");
+        assert_eq!(status, 200, "{body}");
+        body["holds"].as_array().unwrap().clone()
     }
 
     fn raw(&self, path: &str) -> RawAnswer {
@@ -264,5 +286,121 @@ fn viewer_searches_fetches_and_exports_the_journal() {
             "no journaled message"
         ),
         404
+    );
+}
+
+#[test]
+fn operator_places_and_releases_a_legal_hold() {
+    let admin = AdminSetup::new(&[
+        ("records-officer", Role::Operator),
+        ("compliance-desk", Role::Viewer),
+    ]);
+    let site = Site::start_with("admin-holds", LeveeMode::InProcess, &admin.section(""));
+    wait_for_port(admin.port);
+    let ca = site.cert_path();
+    let officer = Api {
+        port: admin.port,
+        ca: &ca,
+        token: Some(&admin.tokens[0]),
+    };
+    let desk = Api {
+        token: Some(&admin.tokens[1]),
+        ..officer
+    };
+    site.send_through_levee(&["h-1@bank.example", "h-2@bank.example"], ALICE, "alice");
+    site.send_through_levee(&["h-3@bank.example"], BOB, "bob");
+    let by_alice = json!({ "reason": "Matter 2026-114", "rcpt": ALICE });
+
+    // A viewer lists holds but places none.
+    let (status, body) = desk.post("/v1/journal/holds", &by_alice);
+    assert_eq!(status, 403, "{body}");
+    assert!(desk.holds().is_empty());
+
+    let (status, placed) = officer.post("/v1/journal/holds", &by_alice);
+    assert_eq!(status, 200, "{placed}");
+    assert_eq!(placed["records"], 2, "{placed}");
+    let id = placed["hold"].as_u64().unwrap();
+    let listed = desk.holds();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["reason"], "Matter 2026-114");
+    assert_eq!(listed[0]["actor"], "records-officer");
+    assert_eq!(listed[0]["count"], 2);
+    assert_eq!(listed[0]["released"], false);
+
+    // Bad requests place nothing.
+    for (request, says) in [
+        (
+            json!({ "reason": " ", "rcpt": ALICE }),
+            "reason must be 1 to 500 bytes",
+        ),
+        (json!({ "rcpt": ALICE }), "missing field `reason`"),
+        (
+            json!({ "reason": "x", "rcpt": "nobody@example.test" }),
+            "matches no record",
+        ),
+        (
+            json!({ "reason": "x", "since": "yesterday" }),
+            "invalid date",
+        ),
+        (
+            json!({ "reason": "x", "colour": "red" }),
+            "unknown field `colour`",
+        ),
+        (
+            json!({ "reason": "x", "direction": "sideways" }),
+            "sideways",
+        ),
+    ] {
+        let (status, body) = officer.post("/v1/journal/holds", &request);
+        assert_eq!(status, 400, "{request}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{request}: {body}");
+    }
+    assert_eq!(officer.holds().len(), 1);
+
+    // Released once; then the hold is known but no longer active.
+    let release = format!("/v1/journal/holds/{id}/release");
+    let closed = json!({ "reason": "matter closed" });
+    assert_eq!(desk.post(&release, &closed).0, 403);
+    assert_eq!(officer.post(&release, &json!({ "reason": "" })).0, 400);
+    let (status, body) = officer.post(&release, &closed);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({ "hold": id, "released": true }));
+    assert_eq!(desk.holds()[0]["released"], true);
+    let (status, body) = officer.post(&release, &closed);
+    assert_eq!(status, 409, "{body}");
+    let unknown = format!("/v1/journal/holds/{}/release", id + 1000);
+    let (status, body) = officer.post(&unknown, &closed);
+    assert_eq!(status, 404, "{body}");
+
+    // The hold and the release are the audit records, once each, in the officer's name;
+    // the viewer's attempt is one too.
+    let (status, audit) = desk.get("/v1/audit?limit=500");
+    assert_eq!(status, 200, "{audit}");
+    let records = audit["records"].as_array().unwrap();
+    let of = |action: &str| -> Vec<&Value> {
+        (records.iter()).filter(|r| r["action"] == action).collect()
+    };
+    let holds = of("journal-hold");
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0]["seq"], id);
+    assert_eq!(holds[0]["actor"], "records-officer");
+    assert!(
+        holds[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Matter 2026-114"),
+        "{holds:?}"
+    );
+    let releases = of("journal-release");
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert_eq!(releases[0]["actor"], "records-officer");
+    assert!(
+        of("admin-refused")
+            .iter()
+            .any(|r| r["actor"] == "compliance-desk"
+                && r["detail"].as_str().unwrap().starts_with("journal hold: ")),
+        "{records:?}"
     );
 }

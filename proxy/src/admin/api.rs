@@ -3,12 +3,13 @@
 //! `GET /v1/journal/search?since=&until=&from=&rcpt=&message_id=&subject=&user=&direction=&limit=&after=`
 //! (matching messages, a page at a time), `GET /v1/journal/messages/{seq}` (one message as
 //! journaled, `message/rfc822`) and `GET /v1/journal/export?<the same filters>` (an mbox)
-//! (viewer, each an audit record),
-//! `POST /v1/switchover {to, reason}` and
-//! `POST /v1/failback {reason}` (operator). Every request carries
-//! `Authorization: Bearer <token>`; every refused one (no token, a wrong one, too weak a
-//! role) is answered 401/403, changes nothing, and is an audit record in the journal, as
-//! is every switch. Errors are JSON: `{"error": "..."}`.
+//! (viewer, each an audit record), `GET /v1/journal/holds` (every legal hold) (viewer),
+//! `POST /v1/switchover {to, reason}`, `POST /v1/failback {reason}`,
+//! `POST /v1/journal/holds {reason, <the same filters>}` (a legal hold on the matching
+//! messages) and `POST /v1/journal/holds/{id}/release {reason}` (operator). Every request
+//! carries `Authorization: Bearer <token>`; every refused one (no token, a wrong one, too
+//! weak a role) is answered 401/403, changes nothing, and is an audit record in the
+//! journal, as is every switch, hold and release. Errors are JSON: `{"error": "..."}`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -23,10 +24,9 @@ use levee_journal::{Journal, NewRecord, RecordKind};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::journal;
 use super::listener::Peer;
 use super::switch::switch;
-use super::{Caller, FailedLogins, Role, Tokens};
+use super::{Caller, FailedLogins, Role, Tokens, holds, journal};
 use crate::failover::controller::Backend;
 
 /// Largest request body accepted.
@@ -54,6 +54,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/journal/search", get(journal::search_messages))
         .route("/v1/journal/messages/{seq}", get(journal::message))
         .route("/v1/journal/export", get(journal::export))
+        .route("/v1/journal/holds", get(holds::list).post(holds::place))
+        .route("/v1/journal/holds/{id}/release", post(holds::release))
         .route("/metrics", get(metrics))
         .merge(super::console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -295,7 +297,7 @@ pub struct FailbackRequest {
     reason: String,
 }
 
-fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     parsed.map(|Json(t)| t).map_err(|rejection| {
         let status = match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
@@ -306,7 +308,7 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
-fn check_reason(reason: &str) -> Result<(), ApiError> {
+pub(super) fn check_reason(reason: &str) -> Result<(), ApiError> {
     if reason.trim().is_empty() || reason.len() > MAX_REASON {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

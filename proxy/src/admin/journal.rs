@@ -73,11 +73,28 @@ struct Cap {
     bytes: u64,
 }
 
+/// The `direction` filter; any other value is refused when the request is parsed.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Direction {
+pub(super) enum Direction {
     Inbound,
     Outbound,
+}
+
+impl Direction {
+    /// As `levee journal search --direction` takes it.
+    pub(super) fn name(self) -> String {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+        .to_owned()
+    }
+}
+
+/// The filters of a selection, checked as the CLI checks them: a bad date is a 400.
+pub(super) fn checked(selection: &Selection) -> Result<Filter, ApiError> {
+    Filter::parse(selection).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
 }
 
 impl JournalQuery {
@@ -97,15 +114,9 @@ impl JournalQuery {
             message_id: self.message_id.clone(),
             subject: self.subject.clone(),
             user: self.user.clone(),
-            direction: self.direction.map(|d| {
-                match d {
-                    Direction::Inbound => "inbound",
-                    Direction::Outbound => "outbound",
-                }
-                .to_owned()
-            }),
+            direction: self.direction.map(Direction::name),
         };
-        Filter::parse(&selection).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
+        checked(&selection)
     }
 }
 
@@ -303,7 +314,7 @@ async fn stream_mbox(journal: Journal, seqs: Vec<Seq>, mut pipe: tokio::io::Dupl
 }
 
 /// Runs a journal read off the async workers; a failure is logged and answered 500.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, ApiError> {
     let failed = |err: String| {

@@ -1,13 +1,15 @@
-//! The admin surface: an HTTPS JSON API ([`api`]) for status, switchover and failback, and
-//! read-only compliance access to the journal (`journal`), behind bearer tokens kept as
-//! Argon2id hashes in a tokens file ([`tokens`]) with roles, and a per-address limit on
-//! failed logins ([`limiter`]). `levee admin token` makes tokens;
+//! The admin surface: an HTTPS JSON API ([`api`]) for status, switchover and failback,
+//! read-only compliance access to the journal (`journal`), and legal holds placed and
+//! released on it (`holds`), behind bearer tokens kept as Argon2id hashes in a tokens file
+//! ([`tokens`]) with roles, and a per-address limit on failed logins ([`limiter`]).
+//! `levee admin token` makes tokens;
 //! `levee status`, `switchover` and `failback` ([`commands`]) call the API ([`client`]).
 
 pub mod api;
 pub mod client;
 pub mod commands;
 mod console;
+mod holds;
 mod journal;
 pub mod limiter;
 pub mod listener;
