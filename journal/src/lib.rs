@@ -130,6 +130,8 @@
 mod codec;
 mod commit;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod mailbox;
 pub mod metrics;

@@ -22,6 +22,8 @@ pub mod delivery;
 pub mod demo;
 pub mod demo_failover;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod imap;
 pub mod listen;
 pub mod mailstack;

@@ -116,7 +116,7 @@ impl Session {
 
 /// The authentication identity of a SASL PLAIN response (`authzid NUL authcid NUL
 /// password`); the password is dropped here.
-fn plain_login(response_b64: &str) -> Option<String> {
+pub(crate) fn plain_login(response_b64: &str) -> Option<String> {
     let decoded = STANDARD.decode(response_b64).ok()?;
     let mut parts = decoded.split(|&b| b == 0);
     let _authzid = parts.next()?;

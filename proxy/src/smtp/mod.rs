@@ -4,7 +4,7 @@
 //! in the kernel's backlog instead of costing memory here. Each session runs in its own
 //! span (`session`, `peer`, `proto`) and ends with 421 when levee shuts down.
 
-mod auth;
+pub(crate) mod auth;
 pub mod connection;
 pub mod envelope;
 mod handoff;
