@@ -31,6 +31,10 @@ pub struct Imap {
     pub connect_timeout: Duration,
     /// Concurrent client sessions; the next connection waits in the kernel's backlog.
     pub max_connections: usize,
+    /// Concurrent sessions from one client address (IPv6: one /64); past it a connection
+    /// gets BYE at once. 0: no limit. An office behind one NAT address needs room for
+    /// every user's mail client (Outlook opens several connections each).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Imap {
@@ -44,6 +48,7 @@ impl Default for Imap {
             idle_timeout: Duration::from_secs(31 * 60),
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_connections_per_ip: 2000,
         }
     }
 }

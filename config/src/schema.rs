@@ -163,6 +163,9 @@ pub struct Smtp {
     /// Concurrent client sessions across all listeners; the next connection waits in the
     /// kernel's backlog.
     pub max_connections: usize,
+    /// Concurrent sessions from one client address (IPv6: one /64); past it a connection
+    /// gets 421 at once. 0: no limit.
+    pub max_connections_per_ip: usize,
     /// Protocol errors tolerated before the session is closed with 421.
     pub max_errors: u32,
     /// AUTH is offered only on TLS sessions unless this is true.
@@ -196,6 +199,7 @@ impl Default for Smtp {
             max_line_length: 4096,
             max_recipients: 1000,
             max_connections: 2000,
+            max_connections_per_ip: 100,
             max_errors: 10,
             allow_plaintext_auth: false,
             command_timeout: Duration::from_secs(300),

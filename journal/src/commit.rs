@@ -185,6 +185,7 @@ impl Journal {
     /// Appends a record and returns once it is durable (fdatasync'ed).
     /// Message records start with `DeliveryState` Pending.
     pub async fn append(&self, rec: NewRecord) -> Result<Appended, JournalError> {
+        self.inner.check_space()?;
         let started = Instant::now();
         let body_len = rec.kind.body().len();
         let min = self.inner.opts.compress_min_bytes;

@@ -142,6 +142,7 @@ mod resync;
 pub mod retention;
 mod scan;
 mod seal;
+mod space;
 mod state;
 mod store;
 mod sync;

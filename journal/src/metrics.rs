@@ -16,6 +16,10 @@ pub const BYTES_TOTAL: &str = "levee_journal_bytes_total";
 pub const FLUSHES_TOTAL: &str = "levee_journal_flushes_total";
 /// Gauge: highest durable seq.
 pub const HEAD: &str = "levee_journal_head";
+/// Gauge: 1 while the journal's filesystem is below its free-space reserve.
+pub const LOW_SPACE: &str = "levee_journal_low_space";
+/// Counter: new records refused because the filesystem was below the reserve.
+pub const REFUSED_LOW_SPACE: &str = "levee_journal_refused_low_space_total";
 
 /// Registers units and help texts with the installed recorder.
 pub fn describe() {
@@ -33,6 +37,14 @@ pub fn describe() {
         BYTES_TOTAL,
         Unit::Bytes,
         "Raw body bytes appended to the journal"
+    );
+    describe_gauge!(
+        LOW_SPACE,
+        "1 while the journal filesystem is below its free-space reserve (new mail refused)"
+    );
+    describe_counter!(
+        REFUSED_LOW_SPACE,
+        "New records refused because the journal filesystem was below its reserve"
     );
     describe_counter!(
         FLUSHES_TOTAL,

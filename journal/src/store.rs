@@ -38,6 +38,10 @@ pub struct JournalOptions {
     /// Seals record bodies at rest ([`BodyKey`]); `None` stores them readable. A journal
     /// once sealed refuses to open without its key, or with another one.
     pub body_key: Option<Arc<BodyKey>>,
+    /// New records are refused with [`JournalError::Full`] while the journal's filesystem
+    /// has less than this many bytes available (see `space.rs`); 0 turns the check off.
+    /// Default 0.
+    pub min_free_bytes: u64,
 }
 
 impl Default for JournalOptions {
@@ -46,6 +50,7 @@ impl Default for JournalOptions {
             compress_min_bytes: 512,
             cache_bytes: 64 << 20,
             body_key: None,
+            min_free_bytes: 0,
         }
     }
 }
@@ -119,6 +124,8 @@ pub(crate) struct Inner {
     pub retention_lock: tokio::sync::Mutex<()>,
     /// Test hook: this many upcoming syncs fail with `Full`.
     pub inject_sync_failures: AtomicU32,
+    /// The filesystem was below the free-space reserve at the last look.
+    pub low_space: std::sync::atomic::AtomicBool,
 }
 
 /// A durable, hash-chained, append-only journal. Cheap to clone.
@@ -160,6 +167,7 @@ impl Journal {
             state_lock: Mutex::new(()),
             retention_lock: tokio::sync::Mutex::new(()),
             inject_sync_failures: AtomicU32::new(0),
+            low_space: std::sync::atomic::AtomicBool::new(false),
         };
         // A freshly created database's directory entries, and whatever the
         // killed previous process left only in the page cache, become durable

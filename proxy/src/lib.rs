@@ -28,6 +28,7 @@ pub mod imap;
 pub mod listen;
 pub mod mailstack;
 pub mod metrics;
+pub mod per_ip;
 pub mod replication;
 pub mod resync;
 pub mod retention;
@@ -90,10 +91,19 @@ pub async fn run(
     metrics::handle();
     let config = Arc::new(config);
     let journal = open_journal(&config).await?;
-    let tls = match &config.tls {
-        Some(tls) => Some(tls::acceptor_from_files(&tls.cert, &tls.key)?),
+    let certificate = match &config.tls {
+        Some(files) => {
+            Some(tls::CertSource::load(&files.cert, &files.key).map_err(tls::TlsError::from)?)
+        }
         None => None,
     };
+    let tls = match &certificate {
+        Some(source) => Some(tls::acceptor_from(source.clone(), None)?),
+        None => None,
+    };
+    if let Some(source) = &certificate {
+        tokio::spawn(tls::reload_on_hangup(source.clone(), shutdown.clone()));
+    }
     let queued = delivery::recover(&journal).map_err(|source| RunError::Journal {
         path: journal_dir(&config).display().to_string(),
         source,
@@ -140,7 +150,11 @@ pub async fn run(
         metrics: None,
         admin: None,
     };
-    let slots = Arc::new(Semaphore::new(config.smtp.max_connections));
+    let gate = listen::Gate::new(
+        "smtp",
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
     for spec in &config.smtp.listen {
         let (listener, addr) = bind(spec.addr).await?;
         bound.smtp.push(addr);
@@ -154,7 +168,7 @@ pub async fn run(
             listener,
             info,
             shared.clone(),
-            slots.clone(),
+            gate.clone(),
         ));
     }
     let registry = imap::registry::Registry::start(
@@ -178,7 +192,11 @@ pub async fn run(
         registry,
         rebuilds: Semaphore::new(imap::REBUILDS_AT_ONCE),
     });
-    let imap_slots = Arc::new(Semaphore::new(config.imap.max_connections));
+    let imap_gate = listen::Gate::new(
+        "imap",
+        config.imap.max_connections,
+        config.imap.max_connections_per_ip,
+    );
     for spec in &config.imap.listen {
         let (listener, addr) = bind(spec.addr).await?;
         bound.imap.push(addr);
@@ -187,7 +205,7 @@ pub async fn run(
             listener,
             spec.clone(),
             imap.clone(),
-            imap_slots.clone(),
+            imap_gate.clone(),
         ));
     }
     if let Some(addr) = config.metrics.listen {
@@ -224,12 +242,8 @@ pub async fn run(
             failover.clone(),
             resync.clone(),
         );
-        let tls = match (&admin.client_ca, &config.tls) {
-            (Some(ca), Some(files)) => Some(tls::acceptor_requiring_clients(
-                &files.cert,
-                &files.key,
-                ca,
-            )?),
+        let tls = match (&admin.client_ca, &certificate) {
+            (Some(ca), Some(source)) => Some(tls::acceptor_from(source.clone(), Some(ca))?),
             _ => shared.tls.clone(),
         };
         let (admin, stop) = (admin.clone(), shutdown.clone());
@@ -385,7 +399,7 @@ fn journal_dir(config: &Config) -> std::path::PathBuf {
 }
 
 async fn open_journal(config: &Config) -> Result<Journal, RunError> {
-    open_journal_at(journal_dir(config), config.journal.key_file.clone()).await
+    open_journal_at(journal_dir(config), &config.journal).await
 }
 
 /// The journal's options: the defaults, and the body key read from `key_file`.
@@ -404,20 +418,29 @@ pub fn journal_options(
     })
 }
 
-/// Opens the journal in `dir` off the async threads, with the body key in `key_file`.
+/// Opens the journal in `dir` off the async threads, with the body key and the free-space
+/// reserve of `section`.
 pub(crate) async fn open_journal_at(
     dir: std::path::PathBuf,
-    key_file: Option<std::path::PathBuf>,
+    section: &levee_config::JournalSection,
 ) -> Result<Journal, RunError> {
     let path = dir.display().to_string();
-    tokio::task::spawn_blocking(move || Journal::open(&dir, journal_options(key_file.as_deref())?))
-        .await
-        .map_err(|join| RunError::Journal {
-            path: path.clone(),
-            source: levee_journal::JournalError::Io {
-                context: "open".into(),
-                source: std::io::Error::other(join.to_string()),
-            },
-        })?
-        .map_err(|source| RunError::Journal { path, source })
+    let key_file = section.key_file.clone();
+    let min_free_bytes = section.min_free_bytes();
+    tokio::task::spawn_blocking(move || {
+        let options = JournalOptions {
+            min_free_bytes,
+            ..journal_options(key_file.as_deref())?
+        };
+        Journal::open(&dir, options)
+    })
+    .await
+    .map_err(|join| RunError::Journal {
+        path: path.clone(),
+        source: levee_journal::JournalError::Io {
+            context: "open".into(),
+            source: std::io::Error::other(join.to_string()),
+        },
+    })?
+    .map_err(|source| RunError::Journal { path, source })
 }

@@ -1,6 +1,7 @@
 //! What the SMTP and IMAP fronts share: a connection slot taken before `accept` (past the
-//! limit, clients wait in the kernel's backlog instead of costing memory here), session
-//! ids, bounded TLS handshakes, and the end of a listener's sessions at shutdown.
+//! limit, clients wait in the kernel's backlog instead of costing memory here), a limit per
+//! client address (past it, the connection is refused at once), session ids, bounded TLS
+//! handshakes, and the end of a listener's sessions at shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics as m;
+use crate::per_ip::{IpSlot, PerIp};
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 static OPEN_SMTP: AtomicU64 = AtomicU64::new(0);
@@ -56,32 +58,66 @@ impl Drop for Open {
     }
 }
 
+/// Who may connect to one protocol's listeners: `max_connections` in all (the rest wait)
+/// and `max_connections_per_ip` from one address (the rest are refused).
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub proto: &'static str,
+    pub slots: Arc<Semaphore>,
+    pub per_ip: Arc<PerIp>,
+}
+
+impl Gate {
+    pub fn new(proto: &'static str, max: usize, per_ip: usize) -> Gate {
+        Gate {
+            proto,
+            slots: Arc::new(Semaphore::new(max)),
+            per_ip: PerIp::new(per_ip),
+        }
+    }
+}
+
+/// A session's places: one of all, one of its address's. Dropping it gives both back.
+#[derive(Debug)]
+pub struct Slot {
+    _global: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
 /// A new client with its slot and session id.
 #[derive(Debug)]
 pub struct Client {
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Slot,
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub id: u64,
 }
 
-/// Waits for a free slot, then for a connection; `None` once levee shuts down.
+/// Waits for a free slot, then for a connection; `None` once levee shuts down. A
+/// connection from an address that holds its limit already gets `refusal` (nothing on a
+/// TLS listener, where plain text would not be understood) and is closed.
 pub async fn next_client(
     listener: &TcpListener,
-    slots: &Arc<Semaphore>,
+    gate: &Gate,
+    refusal: &[u8],
     shutdown: &CancellationToken,
 ) -> Option<Client> {
-    let permit = tokio::select! {
+    let global = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        permit = slots.clone().acquire_owned() => permit.ok()?,
+        permit = gate.slots.clone().acquire_owned() => permit.ok()?,
     };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(ip) = gate.per_ip.admit(peer.ip()) else {
+                        refuse(gate.proto, stream, peer, refusal);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+                    let permit = Slot { _global: global, _ip: ip };
                     return Some(Client { permit, stream, peer, id });
                 }
                 Err(err) => {
@@ -94,11 +130,23 @@ pub async fn next_client(
     }
 }
 
+/// Answers a connection over its address's limit without waiting for it: a fresh socket's
+/// send buffer takes the one line, and a client that reads nothing loses only that line.
+fn refuse(proto: &'static str, stream: TcpStream, peer: SocketAddr, refusal: &[u8]) {
+    metrics::counter!(m::CONNECTIONS_REFUSED, "proto" => proto, "reason" => "per_ip").increment(1);
+    tracing::debug!(%peer, proto, "too many connections from this address; refused");
+    if !refusal.is_empty() {
+        let _ = stream.try_write(refusal);
+    }
+    // Dropped unread: the kernel may answer with a reset, which is what a flood deserves.
+    drop(stream);
+}
+
 /// Runs one session in `sessions`: counted in the session metrics under `proto`, inside
 /// `span`, holding its connection slot until it ends.
 pub fn spawn_session<F>(
     sessions: &mut JoinSet<()>,
-    permit: OwnedSemaphorePermit,
+    permit: Slot,
     proto: &'static str,
     span: tracing::Span,
     session: F,

@@ -22,6 +22,8 @@ pub const MESSAGE_BYTES: &str = "levee_message_bytes_total";
 pub const UPSTREAM_FAILURES: &str = "levee_upstream_failures_total";
 pub const UPSTREAM_REUSED: &str = "levee_upstream_reused_total";
 pub const TLS_FAILURES: &str = "levee_tls_failures_total";
+pub const CONNECTIONS_REFUSED: &str = "levee_connections_refused_total";
+pub const TLS_RELOADS: &str = "levee_tls_reloads_total";
 pub const SMTP_PROTOCOL_ERRORS: &str = "levee_smtp_protocol_errors_total";
 pub const ACTIVE_BACKEND: &str = "levee_active_backend";
 pub const EPOCH: &str = "levee_epoch";
@@ -59,6 +61,14 @@ fn describe() {
         "Client sessions served over a pooled upstream connection"
     );
     describe_counter!(TLS_FAILURES, "Client TLS handshakes that failed");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused at once, by protocol and reason (per_ip)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Reloads of the TLS certificate on SIGHUP, by result (ok, failed)"
+    );
     describe_counter!(SMTP_PROTOCOL_ERRORS, "SMTP commands refused as malformed");
     describe_gauge!(
         ACTIVE_BACKEND,

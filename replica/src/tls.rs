@@ -2,11 +2,12 @@
 //! primary proves who it is with a client certificate or a shared token (see
 //! [`crate::auth`]). One crypto provider only (ring).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Why TLS material could not be used; never shows key material.
@@ -76,11 +77,77 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A server's certificate and key, read from PEM files and read again on [`reload`]:
+/// handshakes after a reload present the new certificate, connections already up keep
+/// theirs. A reload that fails (a half-written file, a key that does not match) changes
+/// nothing.
+///
+/// [`reload`]: CertSource::reload
+#[derive(Debug)]
+pub struct CertSource {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertSource {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertSource>, TlsError> {
+        let current = certified(cert, key)?;
+        Ok(Arc::new(CertSource {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(current),
+        }))
+    }
+
+    /// Reads the files again; on success new handshakes present what they hold now.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = certified(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// The end-entity certificate presented now.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        current.cert[0].clone()
+    }
+
+    /// The certificate file, for messages.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+}
+
+impl ResolvesServerCert for CertSource {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+fn certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certified = CertifiedKey::from_der(load_certs(cert)?, load_key(key)?, &provider())?;
+    Ok(Arc::new(certified))
+}
+
 /// Server side (the replica daemon): its certificate, and optionally a CA whose client
 /// certificates it requires.
 pub fn server_config(
     cert: &Path,
     key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    server_config_from(CertSource::load(cert, key)?, client_ca)
+}
+
+/// A server configuration presenting whatever `source` holds at each handshake.
+pub fn server_config_from(
+    source: Arc<CertSource>,
     client_ca: Option<&Path>,
 ) -> Result<ServerConfig, TlsError> {
     let builder =
@@ -95,7 +162,7 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?)
+    Ok(builder.with_cert_resolver(source))
 }
 
 /// Client side (the shipper): trust anchors for the replica, and optionally a client

@@ -95,6 +95,7 @@ impl Journal {
         if records.is_empty() {
             return Ok(self.head());
         }
+        self.inner.check_space()?;
         let count = records.len() as u64;
         let prunes = records.iter().any(
             |r| matches!(&r.kind, RecordKind::Audit(a) if a.action == crate::retention::PRUNE),

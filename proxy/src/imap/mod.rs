@@ -88,10 +88,15 @@ pub async fn serve_listener(
     listener: TcpListener,
     spec: ImapListener,
     shared: Arc<ImapShared>,
-    slots: Arc<Semaphore>,
+    gate: listen::Gate,
 ) {
     let mut sessions = JoinSet::new();
-    while let Some(client) = listen::next_client(&listener, &slots, &shared.shutdown).await {
+    let refusal: &[u8] = match spec.tls {
+        TlsMode::Implicit => b"",
+        _ => b"* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+    };
+    while let Some(client) = listen::next_client(&listener, &gate, refusal, &shared.shutdown).await
+    {
         let Client {
             permit,
             stream,

@@ -177,8 +177,12 @@ impl Session {
         let shutdown = self.shared.shutdown.clone();
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
         // One timer for the session, moved only when it fires early: resetting it on every
-        // client message would cost a timer-wheel update per command.
-        let mut deadline = self.deadline();
+        // client message would cost a timer-wheel update per command. Before login the
+        // deadline counts from the connection, whatever the client trickles in (slowloris);
+        // after it, from the client's last bytes.
+        let started = Instant::now();
+        let mut last_read = started;
+        let mut deadline = self.deadline(started, last_read);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
         while !pump.closing {
             let up_writable = matches!(self.up_out.front(), Some(Out::Bytes(..)));
@@ -243,7 +247,8 @@ impl Session {
                         Ok(n) if n > 0 => {
                             self.framer.push(&from_client);
                             resize_for_next(&mut from_client, n);
-                            deadline = self.deadline();
+                            last_read = Instant::now();
+                            deadline = self.deadline(started, last_read);
                             if deadline < timer.deadline() {
                                 timer.as_mut().reset(deadline);
                             }
@@ -260,6 +265,7 @@ impl Session {
                     }
                 }
                 _ = timer.as_mut() => {
+                    deadline = self.deadline(started, last_read);
                     if Instant::now() < deadline {
                         timer.as_mut().reset(deadline);
                     } else {
@@ -271,14 +277,15 @@ impl Session {
         }
     }
 
-    fn deadline(&self) -> Instant {
+    /// When the session ends unless the client speaks: `login_timeout` after `started`
+    /// until it has logged in, then `idle_timeout` after its `last_read`.
+    fn deadline(&self, started: Instant, last_read: Instant) -> Instant {
         let config = &self.shared.config.imap;
-        let limit = if self.state.logged_in() {
-            config.idle_timeout
+        if self.state.logged_in() {
+            last_read + config.idle_timeout
         } else {
-            config.login_timeout
-        };
-        Instant::now() + limit
+            started + config.login_timeout
+        }
     }
 
     /// Writes what the upstream outbox holds as far as the socket takes it without waiting,

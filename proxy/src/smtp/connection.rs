@@ -103,6 +103,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Reads the next command line of at most `max` bytes.
     pub async fn read_line(&mut self, max: usize, idle: Duration) -> Result<Line, ConnError> {
+        // The whole line must arrive within `idle`, not each of its bytes: a client that
+        // trickles a byte now and then (slowloris) holds its slot no longer than one that
+        // sends nothing.
+        let deadline = tokio::time::Instant::now() + idle;
         loop {
             let pending = &self.rbuf[self.rpos..];
             if let Some(pos) = memchr(b'\n', pending) {
@@ -118,7 +122,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 self.skipping = true;
                 self.rpos = self.rbuf.len();
             }
-            self.fill(idle).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ConnError::Timeout(idle));
+            }
+            self.fill(left).await.map_err(|e| match e {
+                ConnError::Timeout(_) => ConnError::Timeout(idle),
+                e => e,
+            })?;
         }
     }
 

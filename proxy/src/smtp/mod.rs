@@ -22,7 +22,7 @@ use levee_config::{Config, ListenerKind, TlsMode};
 use levee_journal::Journal;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -72,10 +72,19 @@ pub async fn serve_listener(
     listener: TcpListener,
     info: ListenerInfo,
     shared: Arc<SmtpShared>,
-    slots: Arc<Semaphore>,
+    gate: listen::Gate,
 ) {
     let mut sessions = JoinSet::new();
-    while let Some(client) = listen::next_client(&listener, &slots, &shared.shutdown).await {
+    let refusal = match info.tls {
+        TlsMode::Implicit => String::new(),
+        _ => format!(
+            "421 4.7.0 {} Too many connections from your address, try again later\r\n",
+            shared.config.smtp.hostname
+        ),
+    };
+    while let Some(client) =
+        listen::next_client(&listener, &gate, refusal.as_bytes(), &shared.shutdown).await
+    {
         let Client {
             permit,
             stream,

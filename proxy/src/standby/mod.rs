@@ -47,7 +47,7 @@ pub async fn run(
     // The recorder first: gauges set during start-up must not be lost.
     crate::metrics::handle();
     let dir = config.node.data_dir.join("journal");
-    let journal = crate::open_journal_at(dir, config.journal.key_file.clone()).await?;
+    let journal = crate::open_journal_at(dir, &config.journal).await?;
     // Compliance tools must not add records to a journal that mirrors the primary's.
     if let Err(err) = journal.set_meta(crate::compliance::ROLE_KEY, b"replica") {
         tracing::warn!(%err, "cannot mark the journal as a replica's");
