@@ -20,7 +20,10 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        mount(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], dir);
+        mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir,
+        );
         Tmpfs(dir.to_owned())
     }
 
@@ -136,9 +139,17 @@ fn a_full_journal_disk_gets_452_loses_nothing_and_recovers() {
     );
 
     // Still refused, on the same session and on a new one; levee answers throughout.
-    assert!(send(&mut session, "again@example.org").unwrap_err().contains("452"));
+    assert!(
+        send(&mut session, "again@example.org")
+            .unwrap_err()
+            .contains("452")
+    );
     let mut fresh = SmtpSession::connect(levee.ports.relay).expect("a new session is greeted");
-    assert!(send(&mut fresh, "fresh@example.org").unwrap_err().contains("452"));
+    assert!(
+        send(&mut fresh, "fresh@example.org")
+            .unwrap_err()
+            .contains("452")
+    );
     assert_eq!(levee.metric("levee_journal_low_space"), Some(1.0));
 
     // Space returns: mail is accepted again, on the session that was refused.
@@ -161,7 +172,10 @@ fn a_full_journal_disk_gets_452_loses_nothing_and_recovers() {
         assert_eq!(delivered.get(id), Some(&1), "copies of {id} delivered");
     }
     for refused in ["again@example.org", "fresh@example.org"] {
-        assert!(!delivered.contains_key(refused), "{refused} was refused but delivered");
+        assert!(
+            !delivered.contains_key(refused),
+            "{refused} was refused but delivered"
+        );
     }
 
     // And it is all in the journal, whose chain verifies.

@@ -230,8 +230,8 @@ fn fetch(text: &str, t: &Translation) -> Option<Vec<u8>> {
                 b')' | b']' => depth = depth.saturating_sub(1),
                 _ if depth == 1
                     && matches!(bytes[i - 1], b'(' | b' ')
-                    && text[i..].len() > 4
-                    && text[i..i + 4].eq_ignore_ascii_case("UID ") =>
+                    && bytes.len() - i > 4
+                    && bytes[i..i + 4].eq_ignore_ascii_case(b"UID ") =>
                 {
                     let start = i + 4;
                     let end = start + text[start..].bytes().take_while(u8::is_ascii_digit).count();
