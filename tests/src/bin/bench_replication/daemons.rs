@@ -81,7 +81,7 @@ pub(crate) fn primary(sink: SocketAddr, replica: &Daemon, mode: &str) -> Result<
     let (relay, metrics) = (local(free_port()?), local(free_port()?));
     let config = format!(
         "[node]\nid = \"bench-primary\"\ndata_dir = \"{data}\"\n\n[upstream.primary]\nsmtp = \"{sink}\"\n\n\
-         [smtp]\nhostname = \"levee.bench\"\nlocal_domains = [\"example.test\"]\nmax_connections = 10000\n\n\
+         [smtp]\nhostname = \"levee.bench\"\nlocal_domains = [\"example.test\"]\nmax_connections = 10000\nmax_connections_per_ip = 0\n\n\
          [[smtp.listen]]\naddr = \"{relay}\"\nkind = \"relay\"\ntls = \"none\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n\
          [replication]\nreplica = \"{stream}\"\nserver_name = \"replica.levee.bench\"\nca = \"{ca}\"\n\
          token_file = \"{token}\"\nmode = \"{mode}\"\n",

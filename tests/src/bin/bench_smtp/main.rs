@@ -162,7 +162,7 @@ fn start_levee(upstream: SocketAddr) -> Result<LeveeRun> {
     let (relay, metrics) = (local(free_port()?), local(free_port()?));
     let config = format!(
         "[node]\nid = \"bench\"\ndata_dir = \"{data}\"\n\n[upstream.primary]\nsmtp = \"{upstream}\"\n\n\
-         [smtp]\nhostname = \"levee.bench\"\nlocal_domains = [\"example.test\"]\nmax_connections = 10000\n\n\
+         [smtp]\nhostname = \"levee.bench\"\nlocal_domains = [\"example.test\"]\nmax_connections = 10000\nmax_connections_per_ip = 0\n\n\
          [[smtp.listen]]\naddr = \"{relay}\"\nkind = \"relay\"\ntls = \"none\"\n\n[metrics]\nlisten = \"{metrics}\"\n",
         data = dir.path().join("data").display(),
     );
