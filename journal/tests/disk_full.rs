@@ -169,10 +169,7 @@ async fn without_a_reserve_enospc_is_refused_and_a_reopen_recovers() {
     let path = disk.dir.join("journal");
     let journal = Journal::open(&path, JournalOptions::default()).expect("open on the small disk");
     let mut acknowledged = fill(&journal).await;
-    for &(seq, n) in &acknowledged {
-        let stored = journal.get(seq).unwrap().expect("an acknowledged record");
-        assert_eq!(stored.kind.body(), body(n).as_slice(), "record {seq}");
-    }
+    check(&journal, &acknowledged);
 
     disk.grow("64m");
     // sled latched its ENOSPC: the same journal keeps refusing...
