@@ -222,13 +222,31 @@ impl Journal {
         if let Some(&beyond) = seqs.iter().find(|&&s| s == 0 || s > head) {
             return Err(JournalError::NotFound(beyond));
         }
+        // Under the lock, so that a prune cannot slip in between: records a prune removed
+        // since the caller selected them are not held (nor counted).
+        let _one = self.inner.retention_lock.lock().await;
+        let mut stored = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if self
+                .inner
+                .trees
+                .records
+                .contains_key(crate::codec::seq_key(seq))?
+            {
+                stored.push(seq);
+            }
+        }
+        if stored.is_empty() {
+            return Err(JournalError::Retention(
+                "every record of the selection has been pruned: nothing to hold".into(),
+            ));
+        }
         let detail = HoldDetail {
             reason: reason.trim().to_string(),
             selection,
-            ranges: ranges(seqs),
-            count: seqs.len() as u64,
+            ranges: ranges(&stored),
+            count: stored.len() as u64,
         };
-        let _one = self.inner.retention_lock.lock().await;
         let appended = self.append(audit(time_ms, actor, HOLD, &detail)?).await?;
         Ok(appended.seq)
     }

@@ -248,3 +248,42 @@ async fn holds_and_releases_refuse_what_makes_no_sense() {
         .collect();
     assert_eq!(actions[..2], [retention::RELEASE, retention::HOLD]);
 }
+
+#[tokio::test]
+async fn a_hold_placed_after_a_prune_holds_only_what_is_still_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = open(dir.path());
+    ten_messages(&j).await;
+    // Selected 1..=4, then 1 and 2 were pruned before the hold was placed.
+    let report = j
+        .prune(T0, "retention".into(), T0 + 3, (1, 2))
+        .await
+        .unwrap();
+    assert_eq!(report.pruned, 2);
+    let hold = j
+        .hold(
+            T0,
+            "officer".into(),
+            "matter 7",
+            "--since x".into(),
+            &[1, 2, 3, 4],
+        )
+        .await
+        .unwrap();
+    let placed = j.holds().unwrap();
+    assert_eq!(placed.len(), 1);
+    assert_eq!((placed[0].id, placed[0].count), (hold, 2));
+    assert!(j.is_held(3).unwrap() && j.is_held(4).unwrap() && !j.is_held(1).unwrap());
+    let all_gone = j
+        .hold(
+            T0,
+            "officer".into(),
+            "matter 8",
+            "--since x".into(),
+            &[1, 2],
+        )
+        .await
+        .unwrap_err();
+    assert!(all_gone.to_string().contains("pruned"), "{all_gone}");
+    assert!(j.verify().unwrap().is_intact());
+}
