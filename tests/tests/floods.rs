@@ -225,3 +225,64 @@ fn a_new_certificate_on_sighup_serves_new_handshakes_and_keeps_sessions() {
     });
     assert!(site.levee.log().contains("TLS certificate reloaded"));
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_connection_flood_stays_within_its_memory_bound() {
+    let mut site = Site::start_with("flood-memory", LeveeMode::Child, "");
+    site.levee
+        .reconfigure(|text| text.replacen("[smtp]\n", "[smtp]\nmax_connections_per_ip = 20\n", 1));
+    let smtp = site.levee.ports.relay;
+    let pid = site.levee.pid().expect("levee runs as a child");
+    let before = rss_kib(pid);
+
+    // 25 addresses hold their 20 sessions each; one more address hammers past its share.
+    let mut held = Vec::new();
+    for host in 1..=25 {
+        for _ in 0..20 {
+            let stream = connect_from(&format!("127.0.1.{host}"), smtp);
+            assert!(first_line(&stream).starts_with("220 "));
+            held.push(stream);
+        }
+    }
+    let mut refused = 0;
+    let mut hammer = Vec::new();
+    for _ in 0..500 {
+        let stream = connect_from("127.0.2.1", smtp);
+        if first_line(&stream).starts_with("421 4.7.0") {
+            refused += 1;
+        }
+        hammer.push(stream);
+    }
+    let during = rss_kib(pid);
+    let per_session = (during.saturating_sub(before)) as f64 / held.len() as f64;
+    println!(
+        "RSS before {before} KiB, with {} sessions held and {refused} refused {during} KiB: {per_session:.1} KiB per session",
+        held.len()
+    );
+    assert_eq!(refused, 480, "past 20 sessions, 127.0.2.1 is refused");
+    assert!(
+        per_session < 64.0,
+        "{per_session:.1} KiB per idle SMTP session (bound 64 KiB)"
+    );
+
+    // The flood over, levee serves as before.
+    drop(held);
+    drop(hammer);
+    let verdict = levee_tests::send_sample(
+        site.dir.path(),
+        smtp,
+        "after-flood@example.org",
+        "alice@example.test",
+    );
+    assert_eq!(verdict["code"], 250, "a message after the flood: {verdict}");
+}
