@@ -37,6 +37,26 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often the list is looked at when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(5);
 
+/// Master-user access to the primary's IMAP server, where `upstream.primary` configures it
+/// (an unreadable password file is logged and leaves it out).
+pub(crate) fn primary_master(config: &Config) -> Option<Dedupe> {
+    let primary = &config.upstream.primary;
+    let (Some(imap), Some(user), Some(file)) = (
+        primary.imap,
+        primary.master_user.as_deref(),
+        primary.master_password_file.as_deref(),
+    ) else {
+        return None;
+    };
+    match Dedupe::for_server(imap, user, file, config.imap.connect_timeout) {
+        Ok(master) => Some(master),
+        Err(err) => {
+            tracing::error!(%err, "levee cannot log in to the primary's IMAP server as its master user");
+            None
+        }
+    }
+}
+
 /// Writes a delivery state, first putting the record on the primary's work list when the
 /// state says the replica's applier has its local recipients.
 pub fn set_state(journal: &Journal, seq: Seq, state: &DeliveryState) -> Result<(), JournalError> {
@@ -85,23 +105,7 @@ impl Resync {
             pending,
             ..ResyncStatus::default()
         });
-        let primary = &config.upstream.primary;
-        let master = match (
-            primary.imap,
-            primary.master_user.as_deref(),
-            primary.master_password_file.as_deref(),
-        ) {
-            (Some(imap), Some(user), Some(file)) => {
-                match Dedupe::for_server(imap, user, file, config.imap.connect_timeout) {
-                    Ok(master) => Some(master),
-                    Err(err) => {
-                        tracing::error!(%err, "mailbox changes made at the replica cannot be copied to the primary");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let master = primary_master(&config);
         let worker = Worker {
             journal: journal.clone(),
             config,
@@ -272,7 +276,7 @@ impl Worker {
             }
             Attempt::Refused(reply) => Copied::Refused(reply.to_string()),
             Attempt::Temporary(why) | Attempt::Unreachable(why) => Copied::Retry(why),
-            Attempt::Applier => Copied::Nothing,
+            Attempt::Applier | Attempt::Found => Copied::Nothing,
         })
     }
 

@@ -459,14 +459,31 @@ impl Drop for Levee {
     }
 }
 
-/// The `levee-under-test` binary Cargo built beside the test executable (integration
-/// tests run from `target/<profile>/deps/`).
 /// The `RUST_LOG` filter of levee children: `LEVEE_LOG` if set, else `trace`.
 fn child_log_filter() -> String {
+    if let Some((_, filter)) = CHILD.get() {
+        return filter.clone();
+    }
     std::env::var("LEVEE_LOG").unwrap_or_else(|_| "trace".to_owned())
 }
 
+/// The binary and log filter of levee children, when a program chose them.
+static CHILD: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+
+/// Makes every levee child this process starts run `binary` (which must act as `levee`
+/// when its first argument is `run` or `replica`) logging at `filter`; for programs other
+/// than the tests, which have no `levee-under-test` beside them. The first call wins.
+pub fn use_child_binary(binary: PathBuf, filter: &str) {
+    let _ = CHILD.set((binary, filter.to_owned()));
+}
+
+/// The binary of levee children: the one chosen with [`use_child_binary`], `LEVEE_BIN`, or
+/// the `levee-under-test` binary Cargo built beside the test executable (integration tests
+/// run from `target/<profile>/deps/`).
 fn levee_binary() -> PathBuf {
+    if let Some((binary, _)) = CHILD.get() {
+        return binary.clone();
+    }
     if let Some(path) = std::env::var_os("LEVEE_BIN") {
         return PathBuf::from(path);
     }

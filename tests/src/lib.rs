@@ -9,6 +9,7 @@
 //! - [`load`]: a Rust SMTP load client (exact per-message timestamps) and a kept-alive
 //!   HTTP client for levee's `/metrics` and `/status`, for benchmarks.
 //! - [`imap_load`]: a Rust IMAP client for many concurrent sessions (IDLE, plain or TLS).
+//! - [`tally`]: acknowledged messages counted in Maildirs and journals; polling with a deadline.
 //!
 //! A missing Postfix or Dovecot is a loud failure, never a skip: every test calls
 //! [`Site::start`], which panics with the install command when they are absent.
@@ -20,6 +21,8 @@ pub mod imap_load;
 pub mod imap_steps;
 pub mod levee;
 pub mod load;
+pub mod pair;
+pub mod tally;
 
 use std::path::{Path, PathBuf};
 

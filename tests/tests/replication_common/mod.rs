@@ -12,6 +12,10 @@ pub use std::time::{Duration, Instant};
 
 pub use levee_journal::{DeliveryState, Journal, Record, RecordKind};
 pub use levee_proxy::mailstack::MailStack;
+pub use levee_tests::pair::{describe, wait_caught_up};
+pub use levee_tests::tally::{
+    exactly_once, inbox_counts, maildir_file, message_id, message_ids, u64_at, wait_until,
+};
 pub use levee_tests::{Levee, LeveeMode, ReplicaSite, Site, send_sample, tail};
 pub use serde_json::Value;
 
@@ -68,68 +72,6 @@ pub fn load(
     outcome
 }
 
-/// Polls `probe` every 100 ms until it returns `Some`, or panics after `secs` with `what`
-/// and the `context` it computes then.
-pub fn wait_until<T>(
-    secs: u64,
-    what: &str,
-    mut probe: impl FnMut() -> Option<T>,
-    context: impl Fn() -> String,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: not within {secs} s\n{}", context());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-pub fn u64_at(value: &Value, pointer: &str) -> u64 {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{pointer} is not a number in {value}"))
-}
-
-/// Both daemons' `/status` and log tails, for failure messages.
-pub fn describe(primary: &Levee, replica: &Levee) -> String {
-    let status = |levee: &Levee| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| levee.status().to_string()))
-            .unwrap_or_else(|_| "(no /status)".into())
-    };
-    format!(
-        "primary /status: {}\nreplica /status: {}\nprimary log tail:\n{}\nreplica log tail:\n{}",
-        status(primary),
-        status(replica),
-        tail(&primary.log(), 15),
-        tail(&replica.log(), 15)
-    )
-}
-
-/// Waits until the replica holds and has applied everything the primary journaled, and the
-/// primary has seen the replica's ack for it; returns that head.
-pub fn wait_caught_up(primary: &Levee, replica: &Levee, secs: u64) -> u64 {
-    wait_until(
-        secs,
-        "replica caught up with the primary",
-        || {
-            let p = primary.status();
-            let r = replica.status();
-            let head = u64_at(&p, "/journal_head");
-            let done = head > 0
-                && u64_at(&p, "/replication/acked_seq") == head
-                && u64_at(&r, "/durable_seq") == head
-                && u64_at(&r, "/applied_seq") == head;
-            done.then_some(head)
-        },
-        || describe(primary, replica),
-    )
-}
-
 pub fn wait_connected(primary: &Levee, replica: &Levee, connected: bool, secs: u64) {
     wait_until(
         secs,
@@ -137,37 +79,6 @@ pub fn wait_connected(primary: &Levee, replica: &Levee, connected: bool, secs: u
         || (primary.status()["replication"]["connected"] == connected).then_some(()),
         || describe(primary, replica),
     );
-}
-
-/// The Message-ID of a stored message (the first `Message-ID: <…>` header).
-pub fn message_id(message: &[u8]) -> Option<String> {
-    let needle = b"message-id: <";
-    let start = message
-        .windows(needle.len())
-        .position(|w| w.eq_ignore_ascii_case(needle))?
-        + needle.len();
-    let end = start + message[start..].iter().position(|&b| b == b'>')?;
-    Some(String::from_utf8_lossy(&message[start..end]).into_owned())
-}
-
-/// How many times each Message-ID is in `user`'s INBOX.
-pub fn inbox_counts(stack: &MailStack, user: &str) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for message in stack.inbox_messages(user).expect("read maildir") {
-        let id = message_id(&message).unwrap_or_else(|| "<no Message-ID>".into());
-        *counts.entry(id).or_insert(0) += 1;
-    }
-    counts
-}
-
-pub fn message_ids(records: &[Record]) -> Vec<String> {
-    records
-        .iter()
-        .filter_map(|r| match &r.kind {
-            RecordKind::Message(m) => Some(m.message_id.clone().unwrap_or_default()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The replica journal is the primary's, record for record: same head, no gap, same chain,
@@ -189,21 +100,6 @@ pub fn assert_same_journal(source: &Journal, copy: &Journal) -> Vec<Record> {
     let report = copy.verify().expect("verify replica");
     assert!(report.first_broken.is_none(), "replica chain: {report:?}");
     ours
-}
-
-/// IDs not exactly once in `counts`: (missing, duplicated with their count).
-pub fn exactly_once(ids: &[String], counts: &HashMap<String, usize>) -> (Vec<String>, Vec<String>) {
-    let mut missing = Vec::new();
-    let mut duplicated = Vec::new();
-    for id in ids {
-        match counts.get(id).copied().unwrap_or(0) {
-            0 => missing.push(id.clone()),
-            1 => {}
-            n => duplicated.push(format!("{id} ×{n}")),
-        }
-    }
-    duplicated.sort();
-    (missing, duplicated)
 }
 
 /// Sends one sample message and times it (python start-up included).
@@ -260,21 +156,6 @@ pub fn wait_applied(replica: &ReplicaSite, seq: u64, secs: u64) {
             )
         },
     );
-}
-
-/// The Maildir file of `user`'s INBOX message with `message_id`.
-pub fn maildir_file(stack: &MailStack, user: &str, message_id: &str) -> std::path::PathBuf {
-    let needle = format!("Message-ID: <{message_id}>");
-    for sub in ["new", "cur"] {
-        let dir = stack.maildir(user).join(sub);
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let bytes = std::fs::read(entry.path()).unwrap_or_default();
-            if levee_tests::contains(&bytes, needle.as_bytes()) {
-                return entry.path();
-            }
-        }
-    }
-    panic!("{message_id} is not in {user}'s Maildir");
 }
 
 /// Lines of the stack's Dovecot log (the whole file, not a tail).

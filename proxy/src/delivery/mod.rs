@@ -9,6 +9,9 @@
 //! At start every record still `Pending` (levee stopped between journal and upstream) is
 //! retried too: SMTP is at-least-once, and a possible duplicate beats a lost message.
 //!
+//! Before a retry at the primary, the worker looks whether an earlier attempt left the copy
+//! there already ([`found`]), and delivers only to the recipients that lack it.
+//!
 //! Each attempt goes to the backend active at that moment, with the same trace header the
 //! live path writes (it names the record). While the replica is active its MTA gets only
 //! the recipients outside `smtp.local_domains`; the replica's applier delivers the others
@@ -24,12 +27,15 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod found;
+
 use crate::failover::controller::Backend;
 use crate::metrics as m;
 use crate::smtp::now_ms;
 use crate::smtp::reply::Reply;
 use crate::smtp::route::{BY_APPLIER, Routes};
 use crate::smtp::upstream::{ClientIdentity, Upstream, UpstreamError};
+use crate::standby::dedupe::Dedupe;
 use crate::trace;
 
 /// How one delivery attempt ended.
@@ -44,6 +50,8 @@ pub(crate) enum Attempt {
     Unreachable(String),
     /// Every recipient is local and the replica is active: its applier delivers them.
     Applier,
+    /// Every recipient's copy was at the primary already (an earlier attempt got there).
+    Found,
 }
 
 /// One journaled message to deliver, with what its trace header names.
@@ -64,8 +72,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let idle_poll = Duration::from_secs(1);
+    let check = crate::resync::primary_master(&config);
     loop {
-        let next_due = match deliver_due(&journal, &config, &routes, &shutdown).await {
+        let pass = deliver_due(&journal, &config, &routes, check.as_ref(), &shutdown);
+        let next_due = match pass.await {
             Ok(next_due) => next_due,
             Err(err) => {
                 tracing::error!(%err, "delivery worker cannot read the journal");
@@ -91,6 +101,7 @@ pub fn recover(journal: &Journal) -> Result<usize, levee_journal::JournalError> 
         if state.status == DeliveryStatus::Pending {
             state.status = DeliveryStatus::Deferred;
             state.next_attempt_ms = now_ms();
+            state.updated_ms = now_ms();
             state.last_reply = Some("levee restarted before delivery completed".into());
             journal.set_state(seq, &state)?;
             recovered += 1;
@@ -112,6 +123,7 @@ async fn deliver_due(
     journal: &Journal,
     config: &Arc<Config>,
     routes: &Routes,
+    check: Option<&Dedupe>,
     shutdown: &CancellationToken,
 ) -> Result<Option<u64>, levee_journal::JournalError> {
     let queue = journal.undelivered(10_000)?;
@@ -126,8 +138,15 @@ async fn deliver_due(
         if state.status != DeliveryStatus::Deferred {
             continue;
         }
-        if state.next_attempt_ms > now_ms() {
-            next_due.note(state.next_attempt_ms);
+        // With the check, an attempt waits until an earlier one's copy has settled.
+        let not_before = match check {
+            Some(_) => state
+                .next_attempt_ms
+                .max(state.updated_ms + found::SETTLE.as_millis() as u64),
+            None => state.next_attempt_ms,
+        };
+        if not_before > now_ms() {
+            next_due.note(not_before);
             continue;
         }
         let Some(record) = journal.get(seq)? else {
@@ -145,7 +164,7 @@ async fn deliver_due(
                 unreachable |= settle(journal, config, done, &mut next_due)?;
             }
         }
-        let (config, routes) = (config.clone(), routes.clone());
+        let (config, routes, check) = (config.clone(), routes.clone(), check.cloned());
         let received_ms = record.time_ms;
         let due = Due {
             seq,
@@ -154,7 +173,7 @@ async fn deliver_due(
             message,
         };
         running.spawn(async move {
-            let outcome = attempt(&config, &routes, &due).await;
+            let outcome = attempt(&config, &routes, check.as_ref(), &due).await;
             (seq, state, received_ms, outcome)
         });
     }
@@ -216,6 +235,10 @@ fn next_state(
             tracing::info!(seq, "deferred message left to the replica's applier");
             (DeliveryStatus::Delivered, BY_APPLIER.to_string())
         }
+        Attempt::Found => {
+            metrics::counter!(m::MESSAGES_DELIVERED).increment(1);
+            (DeliveryStatus::Delivered, FOUND.to_string())
+        }
         Attempt::Refused(reply) => {
             // TODO(issue 4/5 follow-up): send a DSN to the sender for permanent refusals.
             metrics::counter!(m::MESSAGES_FAILED).increment(1);
@@ -255,15 +278,25 @@ fn backoff(config: &Config, attempts: u32) -> Duration {
         .min(config.delivery.retry_max)
 }
 
-/// One delivery of one message over a fresh connection to the active backend.
-async fn attempt(config: &Config, routes: &Routes, due: &Due) -> Attempt {
+/// What the state of a record says when an earlier attempt's copy was found.
+const FOUND: &str = "an earlier attempt's copy is in every recipient's mailbox at the primary";
+
+/// One delivery of one message over a fresh connection to the active backend, to the
+/// recipients that do not have it yet.
+async fn attempt(config: &Config, routes: &Routes, check: Option<&Dedupe>, due: &Due) -> Attempt {
     let backend = routes.active();
-    let rcpts: Vec<&str> = (due.message.rcpt_to.iter())
+    let mut rcpts: Vec<&str> = (due.message.rcpt_to.iter())
         .map(String::as_str)
         .filter(|rcpt| !routes.left_to_applier(backend, rcpt))
         .collect();
     if rcpts.is_empty() {
         return Attempt::Applier;
+    }
+    if let (Backend::Primary, Some(check)) = (backend, check) {
+        rcpts = found::lacking(check, config, due, &rcpts).await;
+        if rcpts.is_empty() {
+            return Attempt::Found;
+        }
     }
     deliver_to(config, routes, backend, due, &rcpts).await
 }
