@@ -46,6 +46,7 @@ def worker(args, tid, deadline):
             with lock:
                 counts["acked"] += 1
             sent += 1
+            time.sleep(args.pause)
         except (OSError, smtplib.SMTPException) as e:
             with lock:
                 counts["errors"] += 1
@@ -65,6 +66,7 @@ def main():
     ap.add_argument("--prefix", default="load")
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds between a thread's messages")
     args = ap.parse_args()
     deadline = time.time() + args.seconds
     threads = [threading.Thread(target=worker, args=(args, t, deadline)) for t in range(args.threads)]
