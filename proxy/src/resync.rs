@@ -6,8 +6,12 @@
 //! caught up by the time an admin fails back, and once more, bounded, inside the failback
 //! (see `admin::switch`), which refuses to switch while the list is not empty.
 //!
-//! Delivery is at-least-once: a crash between the primary's 250 and the list update
-//! delivers that message again. The copy carries the trace header that names the record.
+//! The copy carries the trace header that names the record, and before it hands one over
+//! the worker looks for that header in each local recipient's INBOX at the primary (see
+//! [`crate::delivery::found`]): a crash between the primary's 250 and the list update, or
+//! a copy the primary's MTA queued before it died and delivered when it came back, is not
+//! delivered twice. After a pass that found the primary down, the next waits a moment for
+//! such queued copies to land first.
 //!
 //! Changes clients made to their mailboxes at the replica meanwhile (journaled as
 //! [`RecordKind::MailboxAtReplica`]) are on the same list, in the same order, and are made
@@ -16,6 +20,7 @@
 //! whether its message is there already.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use levee_config::Config;
@@ -23,6 +28,7 @@ use levee_journal::{DeliveryState, Journal, JournalError, RecordKind, Seq};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::found;
 use crate::delivery::{Attempt, Due, deliver_to};
 use crate::failover::controller::Backend;
 use crate::smtp::envelope::is_local;
@@ -30,6 +36,10 @@ use crate::smtp::route::{BY_APPLIER, Routes};
 use crate::standby::dedupe::Dedupe;
 use crate::standby::mailbox;
 
+/// How long a pass waits after the primary was found down: its MTA delivers what it had
+/// queued before it died as it comes back, retrying a delivery that failed meanwhile after
+/// its own backoff; a copy that comes later than this may arrive twice.
+const BACK_SETTLE: Duration = Duration::from_secs(6);
 /// Records taken per pass.
 const BATCH: usize = 64;
 /// Longest wait between two tries while the primary does not take mail.
@@ -112,6 +122,7 @@ impl Resync {
             routes,
             master,
             status: tx,
+            primary_was_down: AtomicBool::new(false),
         };
         tokio::spawn(worker.run(wake.clone(), shutdown));
         Resync {
@@ -160,6 +171,9 @@ struct Worker {
     /// The primary's IMAP server as its master user, for mailbox changes.
     master: Option<Dedupe>,
     status: watch::Sender<ResyncStatus>,
+    /// The last pass found the primary not taking mail: what its MTA queued before it
+    /// died is delivered as it comes back, so the next pass gives that time to settle.
+    primary_was_down: AtomicBool,
 }
 
 impl Worker {
@@ -173,6 +187,7 @@ impl Worker {
                 }
                 Ok(false) => POLL,
                 Err(why) => {
+                    self.primary_was_down.store(true, Ordering::Relaxed);
                     self.status.send_modify(|s| s.last_error = Some(why));
                     let wait = backoff;
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -208,6 +223,9 @@ impl Worker {
             return Ok(false);
         }
         metrics::gauge!(crate::metrics::RESYNC_PENDING).set(self.journal.resync_len() as f64);
+        if self.master.is_some() && self.primary_was_down.swap(false, Ordering::Relaxed) {
+            tokio::time::sleep(BACK_SETTLE).await;
+        }
         for seq in pending {
             if shutdown.is_cancelled() {
                 break;
@@ -264,7 +282,15 @@ impl Worker {
             accepted_ms: record.time_ms,
             message,
         };
-        let rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
+        let mut rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
+        // The primary's MTA may have taken this copy before it (or levee) died, and
+        // delivered it since it came back.
+        if let Some(master) = &self.master {
+            rcpts = found::lacking(master, &self.config, &due, &rcpts).await;
+            if rcpts.is_empty() {
+                return Ok(Copied::Delivered);
+            }
+        }
         let attempt = deliver_to(&self.config, &self.routes, Backend::Primary, &due, &rcpts).await;
         Ok(match attempt {
             Attempt::Delivered(_) => {

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-mod found;
+pub(crate) mod found;
 
 use crate::failover::controller::Backend;
 use crate::metrics as m;
