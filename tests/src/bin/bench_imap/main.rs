@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p levee-tests --bin bench-imap -- [--rounds 3] [--commands 2000]
-//!     [--sessions 1000] [--write BENCHMARKS.md]
+//!     [--sessions 1000] [--smtp-sessions 1000] [--only sessions] [--write BENCHMARKS.md]
 //! ```
 //!
 //! 1. Round trips ([`latency`]): NOOP and `UID FETCH 1 (FLAGS)` on one logged-in INBOX,
@@ -12,8 +12,13 @@
 //!    killed (its whole process group); from the kill to the first NOOP answered OK on a
 //!    connection opened before it. A fresh site pair per round.
 //! 3. Many idle sessions ([`sessions`]): levee's RSS before and after opening `--sessions`
-//!    sessions in IDLE (plain, then TLS), then the kill: until levee has moved them all, and
-//!    until each has seen a message delivered after the move.
+//!    sessions in IDLE (TLS, then plain) and `--smtp-sessions` SMTP sessions
+//!    ([`smtp_held`]), then the kill: until levee has moved them all, and until each has
+//!    seen a message delivered after the move.
+//!
+//! `--only sessions` runs the third phase alone (for thousands of sessions) and writes a
+//! section of its own, after the IMAP one. The bench raises its limit on open files when
+//! the sessions need more ([`limits`]), before it starts anything.
 //!
 //! Sites are the test harness's ([`Site`], [`ReplicaSite`]): real Postfix and Dovecot in
 //! benchmark mode, levee as a child process. The child is this binary run again (with
@@ -32,11 +37,18 @@ use levee_tests::{LeveeMode, ReplicaSite, Site, spec_with_users};
 
 mod failover;
 mod latency;
+mod limits;
+mod moves;
 mod report;
+mod report_sessions;
 mod sessions;
+mod smtp_held;
 
 const AS_LEVEE: &str = "BENCH_IMAP_AS_LEVEE";
+/// The BENCHMARKS.md section of a full run.
 const SECTION: &str = "imap";
+/// The BENCHMARKS.md section of `--only sessions`, placed after [`SECTION`].
+const SCALE_SECTION: &str = "imap-scale";
 /// Sessions per user in the many-sessions phase (users `user01`, ... share them out).
 const SESSIONS_PER_USER: usize = 10;
 
@@ -55,9 +67,24 @@ struct Args {
     /// Sessions logging in at once while they are opened.
     #[arg(long, default_value_t = 50)]
     parallel: usize,
-    /// Rewrite the IMAP section of this markdown file (e.g. BENCHMARKS.md).
+    /// SMTP sessions held through levee's relay listener in the many-sessions phase (0:
+    /// none).
+    #[arg(long, default_value_t = 1000)]
+    smtp_sessions: usize,
+    /// Run this phase only (its own section with `--write`).
+    #[arg(long, value_enum)]
+    only: Option<Phase>,
+    /// Rewrite the IMAP section of this markdown file (e.g. BENCHMARKS.md); with
+    /// `--only sessions`, the section of that phase.
     #[arg(long)]
     write: Option<PathBuf>,
+}
+
+/// A phase that runs alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    /// Many idle sessions: memory and migration, and the SMTP sessions held.
+    Sessions,
 }
 
 /// The client side's runtime: two workers, like the machine's two cores.
@@ -100,31 +127,12 @@ fn deliver(site: &Site, users: &[String], prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Lets plaintext LOGIN through levee's STARTTLS listener (loopback only) and puts the
-/// harness's short IMAP timeouts back to levee's defaults, restarting levee.
+/// Lets plaintext LOGIN through levee's STARTTLS listener (loopback only), puts the
+/// harness's short IMAP timeouts back to levee's defaults and lifts the limits per client
+/// address (every client is 127.0.0.1), restarting levee.
 fn allow_plaintext(site: &mut Site) {
-    site.levee.reconfigure(imap_section_edited);
-}
-
-/// The `[imap]` section with `allow_plaintext_auth = true` and no `*_timeout` keys.
-fn imap_section_edited(text: &str) -> String {
-    let head = text
-        .find("[imap]\n")
-        .expect("levee's config has an [imap] section");
-    let body = head + "[imap]\n".len();
-    let end = text[body..]
-        .find("\n[")
-        .map_or(text.len(), |i| body + i + 1);
-    let kept: String = text[body..end]
-        .lines()
-        .filter(|line| !line.contains("_timeout"))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    format!(
-        "{}[imap]\nallow_plaintext_auth = true\n{kept}{}",
-        &text[..head],
-        &text[end..]
-    )
+    site.levee
+        .reconfigure(|text| limits::levee_config_edited(text, 1));
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
@@ -149,16 +157,6 @@ fn process_ticks(pid: u32) -> u64 {
         .sum()
 }
 
-/// The soft limit on open files of this process (inherited by levee).
-fn open_files_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Kills the primary's Dovecot (SIGKILL of its process group, until IMAP refuses); returns
 /// when the kill began.
 fn kill_primary_dovecot(stack: &mut MailStack) -> Result<Instant> {
@@ -180,16 +178,22 @@ fn bench() -> Result<()> {
         "nothing to measure"
     );
     levee_proxy::mailstack::check_installed()?;
-    // The bench holds two client sockets per session (plain and TLS sets), levee four.
-    let need = 4 * a.sessions as u64 + 512;
-    let have = open_files_limit();
-    ensure!(
-        have >= need,
-        "open files limit {have} is below the {need} needed for {} sessions: raise it (ulimit -n {need})",
-        a.sessions
-    );
+    let files = limits::raise_open_files(limits::files_needed(a.sessions, a.smtp_sessions))?;
+    eprintln!("open files limit: {files}");
     let (started, load_before) = (Instant::now(), levee_tests::bench::load_average());
     let rt = runtime()?;
+    if a.only == Some(Phase::Sessions) {
+        eprintln!("{} idle sessions: {} rounds", a.sessions, a.rounds);
+        let many = sessions::run(&a, &rt)?;
+        let took = (load_before, started.elapsed());
+        let text = report_sessions::scale_report(&a, &many, files, took);
+        println!("{text}");
+        if let Some(path) = &a.write {
+            write_section(path, SCALE_SECTION, Some(SECTION), &text)?;
+            eprintln!("wrote the bench-imap-scale section of {}", path.display());
+        }
+        return Ok(());
+    }
     eprintln!(
         "round trips: {} rounds of {} commands",
         a.rounds, a.commands
@@ -199,7 +203,14 @@ fn bench() -> Result<()> {
     let fo = failover::run(&a, &rt)?;
     eprintln!("{} idle sessions: {} rounds", a.sessions, a.rounds);
     let many = sessions::run(&a, &rt)?;
-    let text = report::report(&a, &lat, &fo, &many, (load_before, started.elapsed()));
+    let text = report::report(
+        &a,
+        &lat,
+        &fo,
+        &many,
+        files,
+        (load_before, started.elapsed()),
+    );
     println!("{text}");
     if let Some(path) = &a.write {
         write_section(path, SECTION, Some("replication"), &text)?;
@@ -246,17 +257,5 @@ fn main() -> ExitCode {
             eprintln!("bench-imap: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn imap_section_edit_keeps_the_rest() {
-        let text = "[smtp]\nconnect_timeout = \"2s\"\n\n[imap]\nlogin_timeout = \"10s\"\nconnect_timeout = \"2s\"\n\n[[imap.listen]]\naddr = \"x\"\n";
-        assert_eq!(
-            super::imap_section_edited(text),
-            "[smtp]\nconnect_timeout = \"2s\"\n\n[imap]\nallow_plaintext_auth = true\n\n[[imap.listen]]\naddr = \"x\"\n"
-        );
     }
 }

@@ -4,54 +4,73 @@
 //! each (every session is logged in, has INBOX selected and is in IDLE):
 //!
 //! 0. A yardstick: as many sessions opened straight at the replica's Dovecot, all at once
-//!    (what a migration asks of it), then closed.
+//!    (what a migration asks of it), then closed. Then levee is restarted with the bench's
+//!    config ([`super::limits::levee_config_edited`]).
 //! 1. levee's RSS (`VmRSS` of the child) before and after opening the sessions with
-//!    implicit TLS, which are then closed; levee is restarted (plaintext LOGIN allowed),
-//!    and the same again without TLS.
+//!    implicit TLS, which are then closed; levee is restarted, and with `--smtp-sessions`
+//!    the same for that many SMTP sessions ([`super::smtp_held`]) on a levee restarted
+//!    again; then the same without TLS.
 //! 2. The primary's Dovecot killed: until every client has read the `EXISTS` levee passes
-//!    on once its session is rebuilt at the replica (or was dropped: BYE or closed), and
-//!    until `levee_imap_migrations_total` stopped at that count (polled every 10 ms);
-//!    levee's RSS again.
+//!    on once its session is rebuilt at the replica, or its connection closed, and until
+//!    `levee_imap_migrations_total` stopped at that count (polled every 10 ms); levee's
+//!    RSS again ([`super::moves`]).
 //! 3. One message per user through levee's relay listener: until every moved session has
 //!    seen an `EXISTS` that counts it. That path is the journal, replication to the
 //!    replica, its applier's LMTP delivery and Dovecot's IDLE notification; a yardstick of
 //!    the whole chain, not of levee's sessions.
 //!
-//! Sessions dropped in step 2 are counted and reported, not fatal; any other BYE, NO, BAD
-//! or closed connection fails the bench.
+//! Sessions closed, or told `BYE`, `NO` or `BAD`, in step 2 are counted and reported, not
+//! fatal; any BYE, NO, BAD or closed connection in step 3 fails the bench, and so does a
+//! failover before the kill.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use levee_tests::Site;
 use levee_tests::bench::shell;
-use levee_tests::imap_load::{self, ImapClient, Security, show};
+use levee_tests::imap_load::{self, Security};
 use levee_tests::load::HttpClient;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
+use super::limits::levee_config_edited;
+use super::moves::{follow_moves, reasons, until_each, watch};
+use super::smtp_held::{self, Held};
 use super::{
-    Args, SESSIONS_PER_USER, allow_plaintext, deliver, kill_primary_dovecot, millis, proc_kib,
-    process_ticks, site_pair,
+    Args, SESSIONS_PER_USER, deliver, kill_primary_dovecot, millis, proc_kib, process_ticks,
+    site_pair,
 };
 
 /// Settling time before RSS is read.
-const SETTLE: Duration = Duration::from_secs(2);
-/// Longest wait for every session to move, or to see the new message.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
+/// levee's RSS before and after opening `n` sessions, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Rss {
+    pub base: u64,
+    pub held: u64,
+    pub n: usize,
+}
+
+impl Rss {
+    /// RSS growth per session, in KiB.
+    pub(crate) fn per_session(&self) -> f64 {
+        self.held.saturating_sub(self.base) as f64 / self.n.max(1) as f64
+    }
+}
 
 /// One round.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Many {
     pub users: usize,
-    /// levee's RSS with no client session, in KiB.
-    pub base_kib: u64,
-    /// RSS growth per plain session, in KiB.
-    pub plain_kib: f64,
-    /// RSS growth per TLS session (measured on a levee process of its own), in KiB.
-    pub tls_kib: f64,
+    /// levee's RSS with and without the plain sessions.
+    pub plain: Rss,
+    /// The same for the TLS sessions (on a levee process of its own).
+    pub tls: Rss,
+    /// The SMTP sessions held (on a levee process of their own), with `--smtp-sessions`.
+    pub smtp: Option<Held>,
     /// RSS over the base per session once every plain session has moved, in KiB.
     pub moved_kib: f64,
     /// Peak RSS (`VmHWM`) of the round, in KiB.
@@ -60,10 +79,14 @@ pub(crate) struct Many {
     pub direct_open: Duration,
     /// Opening the plain sessions through levee (connect, LOGIN, SELECT, IDLE).
     pub open: Duration,
-    /// Sessions that got BYE or lost their connection instead of moving.
-    pub dropped: usize,
-    /// What the first of them saw.
-    pub dropped_why: Option<String>,
+    /// Sessions whose connection closed instead of moving, and how.
+    pub closed: usize,
+    pub closed_why: Option<String>,
+    /// Sessions told `BYE`, `NO` or `BAD` during the move, how many of them moved all the
+    /// same, and what they were told.
+    pub told: usize,
+    pub told_then_moved: usize,
+    pub told_why: Option<String>,
     /// From the kill until the metric reached its final count.
     pub moved_metric: Duration,
     /// From the kill until the first, the median and the last moved client read their
@@ -77,133 +100,13 @@ pub(crate) struct Many {
     pub new_mail: Duration,
 }
 
-/// What a session's reader saw.
-#[derive(Debug)]
-struct Event {
-    session: usize,
-    at: Instant,
-    seen: Result<Vec<u8>, String>,
-}
-
-/// Reads a session's responses until it fails, reporting each.
-async fn watch(session: usize, mut client: ImapClient, events: mpsc::UnboundedSender<Event>) {
-    loop {
-        let seen = client.response().await.map_err(|e| e.to_string());
-        let failed = seen.is_err();
-        let event = Event {
-            session,
-            at: Instant::now(),
-            seen,
-        };
-        if events.send(event).is_err() || failed {
-            return;
-        }
-    }
-}
-
-/// Feeds the events of sessions in `alive` to `take` until it returned true for each;
-/// returns the time of the event that completed each.
-fn until_each(
-    rt: &Runtime,
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    alive: &HashSet<usize>,
-    what: &str,
-    mut take: impl FnMut(usize, &[u8]) -> bool,
-) -> Result<Vec<Instant>> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut done: HashMap<usize, Instant> = HashMap::new();
-    while done.len() < alive.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some(event)) =
-            rt.block_on(async { tokio::time::timeout(left, events.recv()).await })
-        else {
-            bail!(
-                "{} of {} sessions {what} after {PATIENCE:?}",
-                done.len(),
-                alive.len()
-            );
-        };
-        if !alive.contains(&event.session) {
-            continue;
-        }
-        let response = match event.seen {
-            Ok(response) => response,
-            Err(err) => bail!("session {}: connection lost ({err})", event.session),
-        };
-        if imap_load::is_error(&response) {
-            bail!("session {} saw {}", event.session, show(&response));
-        }
-        if !done.contains_key(&event.session) && take(event.session, &response) {
-            done.insert(event.session, event.at);
-        }
-    }
-    Ok(done.into_values().collect())
-}
-
-/// How the sessions fared after the kill.
-#[derive(Debug, Default)]
-struct Moves {
-    /// When each moved session's client read its `EXISTS`.
-    moved: HashMap<usize, Instant>,
-    /// What each dropped session saw.
-    dropped: HashMap<usize, String>,
-    /// The migration counter's last value, and when it got there (from the kill).
-    metric: (f64, Duration),
-}
-
-/// Watches events and the migration counter until every session has moved or was
-/// dropped, and the counter agrees with the moves.
-fn follow_moves(
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    http: &mut HttpClient,
-    killed: Instant,
-    n: usize,
-) -> Result<Moves> {
-    let mut m = Moves::default();
-    loop {
-        while let Ok(event) = events.try_recv() {
-            let s = event.session;
-            if m.dropped.contains_key(&s) {
-                continue;
-            }
-            match event.seen {
-                Ok(r) if imap_load::is_error(&r) => {
-                    m.moved.remove(&s);
-                    m.dropped.insert(s, show(&r));
-                }
-                Err(err) => {
-                    m.moved.remove(&s);
-                    m.dropped.insert(s, err);
-                }
-                Ok(r) if imap_load::exists(&r).is_some() => {
-                    m.moved.entry(s).or_insert(event.at);
-                }
-                Ok(_) => {}
-            }
-        }
-        let count = http.metric("levee_imap_migrations_total")?.unwrap_or(0.0);
-        if count != m.metric.0 {
-            m.metric = (count, killed.elapsed());
-        }
-        if m.moved.len() + m.dropped.len() >= n && count >= m.moved.len() as f64 {
-            return Ok(m);
-        }
-        ensure!(
-            killed.elapsed() < PATIENCE,
-            "after {PATIENCE:?}: {} sessions moved, {} dropped, of {n}; the metric says {count}",
-            m.moved.len(),
-            m.dropped.len()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The `proto="imap"` sample of `levee_sessions_active`.
-fn imap_sessions(http: &mut HttpClient) -> Result<f64> {
+/// The `proto` sample of `levee_sessions_active` (`imap`, `smtp`).
+pub(crate) fn sessions_active(http: &mut HttpClient, proto: &str) -> Result<f64> {
     let text = http.get("/metrics")?;
+    let label = format!("proto=\"{proto}\"");
     Ok(text
         .lines()
-        .find(|l| l.starts_with("levee_sessions_active{") && l.contains("proto=\"imap\""))
+        .find(|l| l.starts_with("levee_sessions_active{") && l.contains(&label))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0))
 }
@@ -223,15 +126,15 @@ fn open_direct(
     Ok(took)
 }
 
-/// levee's RSS growth per idle TLS session: `n` opened through the implicit-TLS listener,
-/// then closed. levee is restarted afterwards, so that memory they freed does not make
-/// the plain sessions look cheaper.
+/// levee's RSS before and after opening `n` idle TLS sessions through the implicit-TLS
+/// listener, which are then closed. levee is restarted afterwards, so that memory they
+/// freed does not make the next figure look cheaper.
 fn tls_memory(
     a: &Args,
     rt: &Runtime,
     primary: &Site,
     accounts: &[(String, String)],
-) -> Result<f64> {
+) -> Result<Rss> {
     let n = a.sessions;
     let pid = primary.levee.pid().context("levee runs as a child")?;
     std::thread::sleep(SETTLE);
@@ -243,7 +146,23 @@ fn tls_memory(
     let open = proc_kib(pid, "VmRSS")?;
     eprintln!("{n} TLS sessions: levee RSS {base} -> {open} KiB");
     rt.block_on(async move { drop(sessions) });
-    Ok(open.saturating_sub(base) as f64 / n as f64)
+    Ok(Rss {
+        base,
+        held: open,
+        n,
+    })
+}
+
+/// levee stopped and started again on the same config, ports and journal.
+fn restart(site: &mut Site) {
+    site.levee.stop();
+    site.levee.restart();
+}
+
+/// The failover epoch levee reports.
+fn epoch(http: &mut HttpClient) -> Result<f64> {
+    http.metric("levee_epoch")?
+        .context("levee reports no levee_epoch")
 }
 
 fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
@@ -263,10 +182,22 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
         "round {round}: {n} sessions straight at the replica's Dovecot, all at once: {:.1} s",
         direct_open.as_secs_f64()
     );
-    let tls_kib = tls_memory(a, rt, &primary, &accounts)?;
-    allow_plaintext(&mut primary);
+    primary
+        .levee
+        .reconfigure(|text| levee_config_edited(text, n));
+    let tls = tls_memory(a, rt, &primary, &accounts)?;
+    restart(&mut primary);
+    let smtp = match a.smtp_sessions {
+        0 => None,
+        m => {
+            let held = smtp_held::measure(&primary, m)?;
+            restart(&mut primary);
+            Some(held)
+        }
+    };
     let pid = primary.levee.pid().context("levee runs as a child")?;
     let mut http = HttpClient::new(primary.levee.ports.metrics);
+    let epoch_before = epoch(&mut http)?;
     std::thread::sleep(SETTLE);
     let base_kib = proc_kib(pid, "VmRSS")?;
 
@@ -281,6 +212,11 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
     let open = started.elapsed();
     std::thread::sleep(SETTLE);
     let plain_kib = proc_kib(pid, "VmRSS")?;
+    let epoch_now = epoch(&mut http)?;
+    ensure!(
+        epoch_now == epoch_before,
+        "levee failed over while the sessions were opened (epoch {epoch_before} -> {epoch_now})"
+    );
     eprintln!(
         "round {round}: {n} plain sessions open in {:.1} s, levee RSS {base_kib} -> {plain_kib} KiB",
         open.as_secs_f64()
@@ -298,40 +234,25 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
     let moves = follow_moves(&mut events, &mut http, killed, n)?;
     let cpu_ticks = process_ticks(pid) - ticks;
     let (count, moved_metric) = moves.metric;
+    let (told_why, closed_why) = (reasons(&moves.told), reasons(&moves.closed));
+    eprintln!(
+        "round {round}: {} sessions moved, {} closed ({}), {} told BYE/NO/BAD on the way ({}), \
+         {} of them moved: metric {count} after {:.0} ms",
+        moves.moved.len(),
+        moves.closed.len(),
+        closed_why.as_deref().unwrap_or("-"),
+        moves.told.len(),
+        told_why.as_deref().unwrap_or("-"),
+        moves.told_then_moved(),
+        millis(moved_metric),
+    );
     ensure!(
         count == moves.moved.len() as f64,
         "levee_imap_migrations_total is {count}, but {} clients saw their session move",
-        moves.moved.len()
-    );
-    let mut times: Vec<Duration> = moves.moved.values().map(|t| *t - killed).collect();
-    times.sort();
-    let median_client = times.get(times.len() / 2).copied().unwrap_or_default();
-    let first_client = moves
-        .moved
-        .values()
-        .min()
-        .map_or(Duration::ZERO, |t| *t - killed);
-    let last_client = moves
-        .moved
-        .values()
-        .max()
-        .map_or(Duration::ZERO, |t| *t - killed);
-    let moved_kib = proc_kib(pid, "VmRSS")?;
-    let dropped_why = moves
-        .dropped
-        .iter()
-        .min_by_key(|(s, _)| **s)
-        .map(|(s, why)| format!("session {s}: {why}"));
-    eprintln!(
-        "round {round}: {} sessions moved, {} dropped{}: metric after {:.0} ms, last client after {:.0} ms",
         moves.moved.len(),
-        moves.dropped.len(),
-        dropped_why
-            .as_ref()
-            .map_or(String::new(), |w| format!(" ({w})")),
-        millis(moved_metric),
-        millis(last_client)
     );
+    let [first_client, median_client, last_client] = moves.client_times(killed);
+    let moved_kib = proc_kib(pid, "VmRSS")?;
 
     let alive: HashSet<usize> = moves.moved.keys().copied().collect();
     let sent = Instant::now();
@@ -341,7 +262,7 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
     })?;
     let new_mail = seen.iter().max().map_or(Duration::ZERO, |t| *t - sent);
 
-    let open_now = imap_sessions(&mut http)?;
+    let open_now = sessions_active(&mut http, "imap")?;
     ensure!(
         open_now == alive.len() as f64,
         "levee counts {open_now} IMAP sessions, not {}",
@@ -357,15 +278,22 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
     let per = |kib: u64| kib.saturating_sub(base_kib) as f64 / n as f64;
     Ok(Many {
         users,
-        base_kib,
-        plain_kib: per(plain_kib),
-        tls_kib,
+        plain: Rss {
+            base: base_kib,
+            held: plain_kib,
+            n,
+        },
+        tls,
+        smtp,
         moved_kib: per(moved_kib),
         peak_kib,
         direct_open,
         open,
-        dropped: moves.dropped.len(),
-        dropped_why,
+        closed: moves.closed.len(),
+        closed_why,
+        told: moves.told.len(),
+        told_then_moved: moves.told_then_moved(),
+        told_why,
         moved_metric,
         first_client,
         median_client,
