@@ -352,6 +352,13 @@ impl Session {
         if !self.greeted {
             self.greeted = true;
         }
+        if is_untagged_bye(&line) && self.state.logged_in() && !self.state.logging_out() {
+            // The server is going away (Dovecot says so as it shuts down): the session
+            // moves when the connection closes, and the client must not hear a goodbye
+            // that is not its own.
+            tracing::debug!("the mail server said BYE; kept from the client");
+            return;
+        }
         if let Some((upstream_tag, client_tag)) = self.idle_alias.clone()
             && let Some((tag, status)) = tagged_status(&line)
             && tag == upstream_tag
@@ -387,6 +394,11 @@ impl Session {
             None => pump.say(&line),
         }
     }
+}
+
+/// Whether `line` is an untagged `BYE` response.
+fn is_untagged_bye(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"* BYE")
 }
 
 /// The client-bound side of a running session.

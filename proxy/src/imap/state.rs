@@ -46,6 +46,7 @@ enum Pending {
     /// A command that changes mailboxes (see [`super::changes`]).
     Change(Box<Change>),
     UidSearch,
+    Logout,
     Other,
 }
 
@@ -118,6 +119,7 @@ impl SessionState {
                 read_only: true,
             }),
             CommandBody::Close | CommandBody::Unselect => Pending::Deselect,
+            CommandBody::Logout => Pending::Logout,
             CommandBody::Enable { .. } => Pending::Enable,
             CommandBody::Idle => {
                 self.idle_requested = Some(tag.clone());
@@ -250,6 +252,11 @@ impl SessionState {
         self.login.is_some()
     }
 
+    /// Whether the client asked to log out (the server's BYE is then the client's due).
+    pub fn logging_out(&self) -> bool {
+        self.pending.values().any(|p| matches!(p, Pending::Logout))
+    }
+
     /// Commands sent upstream and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -320,6 +327,17 @@ mod tests {
             !format!("{state:?}").contains("s3cret"),
             "password in Debug"
         );
+    }
+
+    #[test]
+    fn a_logout_in_flight_is_known() {
+        let mut state = SessionState::default();
+        send(&mut state, b"n1 NOOP\r\n");
+        assert!(!state.logging_out());
+        send(&mut state, b"z9 LOGOUT\r\n");
+        assert!(state.logging_out());
+        state.completed("z9", Status::Ok);
+        assert!(!state.logging_out());
     }
 
     #[test]
