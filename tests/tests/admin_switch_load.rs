@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use levee_proxy::admin::Role;
-use levee_tests::admin::{AdminSetup, FAST_FAILOVER};
-use levee_tests::clients::admin_call;
+use levee_tests::admin::{AdminSetup, Api, FAST_FAILOVER};
 use levee_tests::imap_load::{ImapClient, Security, show};
 use levee_tests::load::{SmtpSession, message};
 use levee_tests::{LeveeMode, ReplicaSite, Site, contains, tail};
@@ -191,25 +190,6 @@ fn active(api: &Api) -> (String, u64) {
         a["backend"].as_str().unwrap_or("").to_owned(),
         a["epoch"].as_u64().unwrap_or(0),
     )
-}
-
-struct Api {
-    port: u16,
-    ca: std::path::PathBuf,
-    token: String,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
-        admin_call(
-            self.port,
-            Some(&self.ca),
-            Some(&self.token),
-            method,
-            path,
-            body,
-        )
-    }
 }
 
 #[test]

@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use levee_tests::clients::admin_call;
+use levee_tests::admin::Api;
 use levee_tests::tally::wait_until;
 use levee_tests::{ReplicaSite, Site};
-use serde_json::Value;
 
 use crate::link::Link;
 
@@ -51,56 +50,6 @@ pub struct Window {
     pub fault: Fault,
     pub started: Instant,
     pub ended: Instant,
-}
-
-/// The admin API of the primary's levee, as an operator calls it.
-pub struct Api {
-    pub port: u16,
-    pub ca: std::path::PathBuf,
-    pub token: String,
-}
-
-impl Api {
-    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
-        admin_call(
-            self.port,
-            Some(&self.ca),
-            Some(&self.token),
-            method,
-            path,
-            body,
-        )
-    }
-
-    /// The active backend (`primary` or `replica`).
-    pub fn active(&self) -> String {
-        let status = self.call("GET", "/v1/status", None);
-        status["body"]["failover"]["active"]["backend"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    }
-
-    /// Fails back to the primary, retrying while levee refuses (the primary not seen
-    /// healthy yet, the hold-down not over); panics after `secs`.
-    pub fn fail_back(&self, secs: u64) {
-        let last = std::cell::RefCell::new(Value::Null);
-        wait_until(
-            secs,
-            "failback to the primary",
-            || {
-                let answer = self.call(
-                    "POST",
-                    "/v1/failback",
-                    Some(r#"{"reason": "chaos: primary back"}"#),
-                );
-                let done = answer["status"] == 200;
-                *last.borrow_mut() = answer;
-                done.then_some(())
-            },
-            || format!("last answer: {}", last.borrow()),
-        );
-    }
 }
 
 /// Everything the faults act on.
@@ -149,7 +98,7 @@ impl Chaos<'_> {
         wait_until(
             15,
             "levee fails over to the replica",
-            || (api.active() == "replica").then_some(()),
+            || (api.active_backend() == "replica").then_some(()),
             || levee_tests::tail(&self.primary.levee.log(), 20),
         );
         // Mail keeps coming to the replica for a while.

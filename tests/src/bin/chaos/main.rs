@@ -36,7 +36,8 @@ mod link;
 mod load;
 mod report;
 
-use faults::{Api, Chaos, Fault};
+use faults::{Chaos, Fault};
+use levee_tests::admin::Api;
 use load::{ImapLoad, SmtpLoad};
 use report::{ImapFigures, Report};
 
@@ -180,7 +181,7 @@ fn run(args: &Args) -> Report {
 /// Back to the primary if a failover is still in force, the replica caught up, and every
 /// acknowledged message in both mailboxes (or the time for it run out: the count says).
 fn settle(primary: &mut Site, replica: &mut ReplicaSite, api: &Api, acked: &[String]) {
-    if api.active() != "primary" {
+    if api.active_backend() != "primary" {
         api.fail_back(60);
     }
     wait_caught_up(&primary.levee, &replica.daemon, 180);
