@@ -171,7 +171,7 @@ struct Worker {
     /// The primary's IMAP server as its master user, for mailbox changes.
     master: Option<Dedupe>,
     status: watch::Sender<ResyncStatus>,
-    /// The last pass found the primary not taking mail: what its MTA queued before it
+    /// The last pass found the primary not taking mail (not even its first copy went): what its MTA queued before it
     /// died is delivered as it comes back, so the next pass gives that time to settle.
     primary_was_down: AtomicBool,
 }
@@ -187,7 +187,6 @@ impl Worker {
                 }
                 Ok(false) => POLL,
                 Err(why) => {
-                    self.primary_was_down.store(true, Ordering::Relaxed);
                     self.status.send_modify(|s| s.last_error = Some(why));
                     let wait = backoff;
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -226,7 +225,7 @@ impl Worker {
         if self.master.is_some() && self.primary_was_down.swap(false, Ordering::Relaxed) {
             tokio::time::sleep(BACK_SETTLE).await;
         }
-        for seq in pending {
+        for (n, seq) in pending.into_iter().enumerate() {
             if shutdown.is_cancelled() {
                 break;
             }
@@ -241,6 +240,10 @@ impl Worker {
                 }
                 Ok(Copied::Nothing) => {}
                 Ok(Copied::Retry(why)) | Err(why) => {
+                    if n == 0 {
+                        // Not even the first copy went: the primary is down (or just back).
+                        self.primary_was_down.store(true, Ordering::Relaxed);
+                    }
                     publish(&self.journal, &self.status);
                     self.flush().await;
                     return Err(format!("record {seq}: {why}"));

@@ -110,6 +110,6 @@ impl Chaos<'_> {
         stack
             .start_postfix()
             .expect("restart the primary's Postfix");
-        api.fail_back(60);
+        api.fail_back(180);
     }
 }

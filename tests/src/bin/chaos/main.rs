@@ -182,7 +182,7 @@ fn run(args: &Args) -> Report {
 /// acknowledged message in both mailboxes (or the time for it run out: the count says).
 fn settle(primary: &mut Site, replica: &mut ReplicaSite, api: &Api, acked: &[String]) {
     if api.active_backend() != "primary" {
-        api.fail_back(60);
+        api.fail_back(180);
     }
     wait_caught_up(&primary.levee, &replica.daemon, 180);
     let deadline = Instant::now() + Duration::from_secs(120);
