@@ -6,12 +6,13 @@
 //! caught up by the time an admin fails back, and once more, bounded, inside the failback
 //! (see `admin::switch`), which refuses to switch while the list is not empty.
 //!
-//! The copy carries the trace header that names the record, and before it hands one over
-//! the worker looks for that header in each local recipient's INBOX at the primary (see
-//! [`crate::delivery::found`]): a crash between the primary's 250 and the list update, or
-//! a copy the primary's MTA queued before it died and delivered when it came back, is not
-//! delivered twice. After a pass that found the primary down, the next waits a moment for
-//! such queued copies to land first.
+//! The copy carries the trace header that names the record. At the head of the list after
+//! a start or an outage of the primary, where an unrecorded copy can be (a crash between
+//! the primary's 250 and the list update, or a copy the primary's MTA queued before it
+//! died and delivered when it came back), the worker first looks for that header in each
+//! local recipient's INBOX at the primary (see [`crate::delivery::found`]) and copies only
+//! where it is missing. After a pass that found the primary down, the next waits a moment
+//! for such queued copies to land first.
 //!
 //! Changes clients made to their mailboxes at the replica meanwhile (journaled as
 //! [`RecordKind::MailboxAtReplica`]) are on the same list, in the same order, and are made
@@ -20,7 +21,7 @@
 //! whether its message is there already.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use levee_config::Config;
@@ -123,6 +124,7 @@ impl Resync {
             master,
             status: tx,
             primary_was_down: AtomicBool::new(false),
+            unsure_left: AtomicUsize::new(BATCH),
         };
         tokio::spawn(worker.run(wake.clone(), shutdown));
         Resync {
@@ -174,6 +176,10 @@ struct Worker {
     /// The last pass found the primary not taking mail (not even its first copy went): what its MTA queued before it
     /// died is delivered as it comes back, so the next pass gives that time to settle.
     primary_was_down: AtomicBool,
+    /// How many more copies to look for at the primary before handing them over: the head
+    /// of the list after a start or an outage of the primary is where an unrecorded copy
+    /// can be (a header search costs a pass over the INBOX, so not every copy gets one).
+    unsure_left: AtomicUsize,
 }
 
 impl Worker {
@@ -243,6 +249,7 @@ impl Worker {
                     if n == 0 {
                         // Not even the first copy went: the primary is down (or just back).
                         self.primary_was_down.store(true, Ordering::Relaxed);
+                        self.unsure_left.store(BATCH, Ordering::Relaxed);
                     }
                     publish(&self.journal, &self.status);
                     self.flush().await;
@@ -288,7 +295,11 @@ impl Worker {
         let mut rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
         // The primary's MTA may have taken this copy before it (or levee) died, and
         // delivered it since it came back.
-        if let Some(master) = &self.master {
+        let unsure = self
+            .unsure_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if let (true, Some(master)) = (unsure, &self.master) {
             rcpts = found::lacking(master, &self.config, &due, &rcpts).await;
             if rcpts.is_empty() {
                 return Ok(Copied::Delivered);

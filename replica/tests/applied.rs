@@ -119,7 +119,20 @@ async fn a_protocol_1_primary_never_sees_the_new_frame() {
         "a protocol-1 primary got a frame it cannot read"
     );
 
-    // The same replica reports to a protocol-2 primary at once.
-    let (mut conn, _) = welcomed(&pki, replica.addr, 1).await;
+    // The same replica reports to a protocol-2 primary at once, once the old one has gone
+    // (until the replica has seen that close it refuses a second primary).
+    drop(conn);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut conn = loop {
+        let mut conn = hand(&pki, replica.addr).await;
+        match greet(&mut conn, &hello(1, TOKEN.as_bytes())).await {
+            Ok(Frame::Welcome { .. }) => break conn,
+            other if tokio::time::Instant::now() < deadline => {
+                drop(other);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the replica did not take the new primary: {other:?}"),
+        }
+    };
     assert_eq!(conn.recv(LIMIT).await.unwrap(), Frame::Applied { seq: 3 });
 }
