@@ -11,7 +11,7 @@ use levee_tests::{ReplicaSite, Site};
 
 use crate::link::Link;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     LeveeKill,

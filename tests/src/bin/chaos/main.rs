@@ -59,6 +59,9 @@ struct Args {
     /// IMAP sessions (alice's INBOX, implicit TLS).
     #[arg(long, default_value_t = 4)]
     sessions: usize,
+    /// Leave these faults out of the cycle (e.g. `--without primary-mail-kill`).
+    #[arg(long, value_delimiter = ',')]
+    without: Vec<Fault>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -152,7 +155,12 @@ fn run(args: &Args) -> Report {
         rt: &rt,
         api: &api,
     };
-    for fault in Fault::CYCLE.iter().cycle() {
+    let cycle: Vec<Fault> = (Fault::CYCLE.iter())
+        .filter(|f| !args.without.contains(f))
+        .copied()
+        .collect();
+    assert!(!cycle.is_empty(), "every fault left out");
+    for fault in cycle.iter().cycle() {
         std::thread::sleep(Duration::from_secs(args.every));
         if Instant::now() >= deadline {
             break;
