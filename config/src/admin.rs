@@ -23,7 +23,7 @@ pub struct Admin {
     pub max_failures: u32,
     #[serde(with = "humantime_serde", default = "default_failure_window")]
     pub failure_window: Duration,
-    /// A planned switchover to the replica defers new SMTP transactions and waits this long
+    /// A planned switchover to the replica holds new SMTP transactions and waits this long
     /// at most for the replica to hold every record; past it, nothing switches.
     #[serde(with = "humantime_serde", default = "default_drain_timeout")]
     pub drain_timeout: Duration,

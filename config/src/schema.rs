@@ -234,6 +234,14 @@ pub struct Delivery {
     pub max_age: Duration,
     /// Concurrent retry deliveries.
     pub workers: usize,
+    /// When the connection to the primary's MTA broke after a message's final dot, the
+    /// MTA may have queued it without saying so. levee then looks for that copy in the
+    /// recipients' INBOX at the primary and sends its own only after the primary has
+    /// answered this long without failing: set it above the time the MTA takes to retry
+    /// a queued message (Postfix: `queue_run_delay` plus `minimal_backoff_time`, 10
+    /// minutes by default) so that the message never arrives twice.
+    #[serde(with = "humantime_serde")]
+    pub unconfirmed_wait: Duration,
 }
 
 impl Default for Delivery {
@@ -243,6 +251,7 @@ impl Default for Delivery {
             retry_max: Duration::from_secs(600),
             max_age: Duration::from_secs(5 * 24 * 3600),
             workers: 4,
+            unconfirmed_wait: Duration::from_secs(11 * 60),
         }
     }
 }

@@ -34,6 +34,7 @@
 //! | `state` | seq_be | postcard([`DeliveryState`]) |
 //! | `undelivered` | seq_be | empty (Pending/Deferred only) |
 //! | `resync_primary` | seq_be | empty: messages the primary has yet to receive |
+//! | `unconfirmed_primary` | seq_be | ms_be: since when the primary's MTA may hold a copy it did not confirm |
 //! | `idx_held` | `seq_be \|\| 0x00 \|\| hold_be` | empty: record under legal hold `hold` |
 //! | `idx_holds`, `idx_released` | `0x00 \|\| hold_be` | empty: holds placed, released |
 //! | `idx_pruned` | `first_be \|\| last_be \|\| prev_chain \|\| chain` | empty: a pruned run |

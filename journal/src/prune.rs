@@ -203,6 +203,7 @@ impl Journal {
                 trees.remove_index(&index::entries(seq, stored.time_ms, &stored.header))?;
                 trees.remove_state(seq)?;
                 trees.resync.remove(&k)?;
+                trees.unconfirmed.remove(&k)?;
                 trees.records.remove(&k)?;
                 removed += 1;
             }

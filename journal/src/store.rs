@@ -71,6 +71,9 @@ pub(crate) struct Trees {
     pub idx_audit: sled::Tree,
     /// Seqs the primary's mail server has yet to receive ([`Journal::resync_mark`]).
     pub resync: sled::Tree,
+    /// Seqs whose copy the primary's MTA may hold unconfirmed, with since when
+    /// ([`Journal::unconfirmed_mark`]).
+    pub unconfirmed: sled::Tree,
     /// Legal holds and pruned ranges, derived from their audit records (`retention.rs`).
     pub idx_held: sled::Tree,
     pub idx_holds: sled::Tree,
@@ -92,6 +95,7 @@ impl Trees {
             idx_day: db.open_tree("idx_day")?,
             idx_audit: db.open_tree("idx_audit")?,
             resync: db.open_tree("resync_primary")?,
+            unconfirmed: db.open_tree("unconfirmed_primary")?,
             idx_held: db.open_tree("idx_held")?,
             idx_holds: db.open_tree("idx_holds")?,
             idx_released: db.open_tree("idx_released")?,

@@ -271,12 +271,15 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the configured level.
+/// Logs to stderr; `RUST_LOG` overrides the configured level. Colours only on a terminal:
+/// a log file or journald gets plain text that grep finds.
 pub fn init_tracing(level: &str, json: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -257,6 +257,7 @@ tls = "none"
 [delivery]
 retry_initial = "1s"
 retry_max = "2s"
+unconfirmed_wait = "15s"
 
 [replication]
 replica = "{replica}"

@@ -20,6 +20,7 @@
 //! way the replica's applier makes the primary's changes there; an APPEND looks first
 //! whether its message is there already.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,6 +31,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::found;
+use crate::delivery::unconfirmed::{self, Unconfirmed};
 use crate::delivery::{Attempt, Due, deliver_to};
 use crate::failover::controller::Backend;
 use crate::smtp::envelope::is_local;
@@ -47,6 +49,8 @@ const BATCH: usize = 64;
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often the list is looked at when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(5);
+/// Shortest time between two looks for copies the primary's MTA may still deliver.
+const WAITING_POLL: Duration = Duration::from_secs(1);
 
 /// Master-user access to the primary's IMAP server, where `upstream.primary` configures it
 /// (an unreadable password file is logged and leaves it out).
@@ -164,6 +168,9 @@ enum Copied {
     Retry(String),
     /// Nothing for the primary (no local recipient, not a message).
     Nothing,
+    /// The primary's MTA may still deliver a copy of its own ([`unconfirmed`]): the entry
+    /// stays, and so do the later changes of these users' mailboxes (they may concern it).
+    Waiting(Vec<String>),
 }
 
 struct Worker {
@@ -191,6 +198,15 @@ impl Worker {
                     backoff = Duration::from_secs(1);
                     continue;
                 }
+                Ok(false) if self.journal.resync_len() > 0 => {
+                    // Only entries waiting for the primary's MTA: not looked at again at
+                    // once, however often a failback asks.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(WAITING_POLL) => {}
+                    }
+                    POLL
+                }
                 Ok(false) => POLL,
                 Err(why) => {
                     self.status.send_modify(|s| s.last_error = Some(why));
@@ -208,11 +224,13 @@ impl Worker {
     }
 
     /// One pass over the head of the list: `Ok(true)` when it took some off and there may
-    /// be more, `Ok(false)` when the list is empty, `Err` when the primary did not take mail.
+    /// be more, `Ok(false)` when the list is empty or waits only for copies the primary's
+    /// MTA may deliver itself, `Err` when the primary did not take mail.
     async fn pass(&self, shutdown: &CancellationToken) -> Result<bool, String> {
+        // Entries that wait stay at the head; a batch reaches past them.
         let pending = self
             .journal
-            .resync_pending(BATCH)
+            .resync_pending(BATCH + self.journal.unconfirmed_len())
             .map_err(|e| e.to_string())?;
         let publish = |journal: &Journal, status: &watch::Sender<ResyncStatus>| {
             let left = journal.resync_len();
@@ -231,11 +249,12 @@ impl Worker {
         if self.master.is_some() && self.primary_was_down.swap(false, Ordering::Relaxed) {
             tokio::time::sleep(BACK_SETTLE).await;
         }
-        for (n, seq) in pending.into_iter().enumerate() {
+        let (mut went, mut waiting) = (0usize, HashSet::new());
+        for seq in pending {
             if shutdown.is_cancelled() {
                 break;
             }
-            match self.copy(seq).await {
+            match self.copy(seq, &waiting).await {
                 Ok(Copied::Delivered) => {
                     self.status.send_modify(|s| s.delivered += 1);
                     metrics::counter!(crate::metrics::RESYNC_DELIVERED).increment(1);
@@ -245,8 +264,12 @@ impl Worker {
                     self.status.send_modify(|s| s.refused += 1);
                 }
                 Ok(Copied::Nothing) => {}
+                Ok(Copied::Waiting(users)) => {
+                    waiting.extend(users);
+                    continue;
+                }
                 Ok(Copied::Retry(why)) | Err(why) => {
-                    if n == 0 {
+                    if went == 0 {
                         // Not even the first copy went: the primary is down (or just back).
                         self.primary_was_down.store(true, Ordering::Relaxed);
                         self.unsure_left.store(BATCH, Ordering::Relaxed);
@@ -259,22 +282,27 @@ impl Worker {
             self.journal
                 .resync_done(seq)
                 .map_err(|e| format!("record {seq}: {e}"))?;
+            unconfirmed::done(&self.journal, seq);
+            went += 1;
         }
         self.flush().await;
         publish(&self.journal, &self.status);
         metrics::gauge!(crate::metrics::RESYNC_PENDING).set(self.journal.resync_len() as f64);
-        Ok(true)
+        Ok(went > 0)
     }
 
     /// Hands the local recipients' copy of `seq`, or the mailbox change it is, to the
-    /// primary.
-    async fn copy(&self, seq: Seq) -> Result<Copied, String> {
+    /// primary; a change of a user in `waiting` waits for that user's earlier message.
+    async fn copy(&self, seq: Seq, waiting: &HashSet<String>) -> Result<Copied, String> {
         let record = self.journal.get(seq).map_err(|e| e.to_string())?;
         let Some(record) = record else {
             return Ok(Copied::Nothing);
         };
         let message = match record.kind {
             RecordKind::Message(message) => message,
+            RecordKind::MailboxAtReplica(change) if waiting.contains(&change.user) => {
+                return Ok(Copied::Waiting(Vec::new()));
+            }
             RecordKind::MailboxAtReplica(change) => return Ok(self.change(seq, &change).await),
             _ => return Ok(Copied::Nothing),
         };
@@ -293,6 +321,22 @@ impl Worker {
             message,
         };
         let mut rcpts: Vec<&str> = local.iter().map(String::as_str).collect();
+        let master = self.master.as_ref();
+        let journal = &self.journal;
+        match unconfirmed::settle(journal, &self.config, &self.routes, master, &due, &rcpts).await?
+        {
+            Unconfirmed::No => {}
+            Unconfirmed::Arrived => return Ok(Copied::Delivered),
+            Unconfirmed::Waiting(why) => {
+                let mut status = self.status.borrow().clone();
+                status.last_error = Some(format!("record {seq}: {why}"));
+                self.status.send_replace(status);
+                return Ok(Copied::Waiting(local));
+            }
+            Unconfirmed::Send(lacking) => {
+                return Ok(self.send(&due, &lacking).await);
+            }
+        }
         // The primary's MTA may have taken this copy before it (or levee) died, and
         // delivered it since it came back.
         let unsure = self
@@ -305,8 +349,13 @@ impl Worker {
                 return Ok(Copied::Delivered);
             }
         }
-        let attempt = deliver_to(&self.config, &self.routes, Backend::Primary, &due, &rcpts).await;
-        Ok(match attempt {
+        Ok(self.send(&due, &rcpts).await)
+    }
+
+    /// Hands `due` to the primary's MTA for `rcpts`.
+    async fn send(&self, due: &Due, rcpts: &[&str]) -> Copied {
+        let seq = due.seq;
+        match deliver_to(&self.config, &self.routes, Backend::Primary, due, rcpts).await {
             Attempt::Delivered(_) => {
                 tracing::info!(
                     seq,
@@ -315,9 +364,13 @@ impl Worker {
                 Copied::Delivered
             }
             Attempt::Refused(reply) => Copied::Refused(reply.to_string()),
+            Attempt::Unconfirmed(why) => {
+                unconfirmed::mark(&self.journal, seq);
+                Copied::Retry(why)
+            }
             Attempt::Temporary(why) | Attempt::Unreachable(why) => Copied::Retry(why),
             Attempt::Applier | Attempt::Found => Copied::Nothing,
-        })
+        }
     }
 
     /// Makes at the primary a change a client made at the replica.

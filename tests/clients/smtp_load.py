@@ -50,7 +50,8 @@ def worker(args, tid, deadline):
         except (OSError, smtplib.SMTPException) as e:
             with lock:
                 counts["errors"] += 1
-            emit(f"ERR {mid} {type(e).__name__}")
+            reason = " ".join(str(e).split())[:160]
+            emit(f"ERR {mid} {type(e).__name__}: {reason}")
             smtp = None
             sent += 1  # a refused or cut message is not retried under the same id
             time.sleep(0.05)

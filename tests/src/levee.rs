@@ -169,6 +169,8 @@ key = "{key}"
 [delivery]
 retry_initial = "300ms"
 retry_max = "1s"
+# The harness's Postfix retries queued mail within 5 s (MailStack's main.cf).
+unconfirmed_wait = "15s"
 
 [metrics]
 listen = "{metrics}"

@@ -274,6 +274,8 @@ fn switchover_and_failback_under_load_lose_nothing() {
         acked.len(),
         drained
     );
+    // New transactions waited at MAIL FROM while the switch drained: no sender saw a 4xx.
+    assert_eq!(deferred, 0, "senders were deferred during the switchover");
 
     // Nothing acknowledged is missing or doubled at the replica; the primary's MTA got
     // the ones accepted after the switch too (copied in the background).

@@ -2,7 +2,7 @@
 //! new site is made ready; a failback to the primary first has the primary's MTA take every
 //! message accepted while the replica was active (see [`crate::resync`]), and refuses
 //! when that does not finish within `[admin] drain_timeout`. A planned switchover from
-//! the primary to the replica drains first: new SMTP transactions are deferred (451 4.3.0) while levee waits,
+//! the primary to the replica drains first: new SMTP transactions wait at MAIL FROM (451 4.3.0 only past the drain's limit) while levee waits,
 //! at most `[admin] drain_timeout`, until the replica holds every journal record up to the
 //! head it saw when deferring began, and its mail server has them applied (when the
 //! replica reports that); only then does the site switch. A transaction already

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) mod found;
+pub(crate) mod unconfirmed;
 
 use crate::failover::controller::Backend;
 use crate::metrics as m;
@@ -52,6 +53,9 @@ pub(crate) enum Attempt {
     Applier,
     /// Every recipient's copy was at the primary already (an earlier attempt got there).
     Found,
+    /// The connection broke after the final dot, before the verdict: the MTA may hold the
+    /// message (see [`unconfirmed`]). Retried like a temporary failure.
+    Unconfirmed(String),
 }
 
 /// One journaled message to deliver, with what its trace header names.
@@ -165,6 +169,7 @@ async fn deliver_due(
             }
         }
         let (config, routes, check) = (config.clone(), routes.clone(), check.cloned());
+        let journal = journal.clone();
         let received_ms = record.time_ms;
         let due = Due {
             seq,
@@ -173,7 +178,7 @@ async fn deliver_due(
             message,
         };
         running.spawn(async move {
-            let outcome = attempt(&config, &routes, check.as_ref(), &due).await;
+            let outcome = attempt(&journal, &config, &routes, check.as_ref(), &due).await;
             (seq, state, received_ms, outcome)
         });
     }
@@ -197,7 +202,13 @@ fn settle(
         return Ok(false);
     };
     let unreachable = matches!(outcome, Attempt::Unreachable(_));
+    if matches!(outcome, Attempt::Unconfirmed(_)) {
+        unconfirmed::mark(journal, seq);
+    }
     let new_state = next_state(config, &old, received_ms, outcome, seq);
+    if !new_state.status.is_open() {
+        unconfirmed::done(journal, seq);
+    }
     if new_state.status == DeliveryStatus::Deferred {
         next_due.note(new_state.next_attempt_ms);
     }
@@ -245,7 +256,7 @@ fn next_state(
             tracing::error!(seq, reply = %reply, "deferred message refused permanently");
             (DeliveryStatus::Failed, reply.summary())
         }
-        Attempt::Temporary(why) | Attempt::Unreachable(why) => {
+        Attempt::Temporary(why) | Attempt::Unreachable(why) | Attempt::Unconfirmed(why) => {
             let age = Duration::from_millis(now.saturating_sub(received_ms));
             if age > config.delivery.max_age {
                 metrics::counter!(m::MESSAGES_FAILED).increment(1);
@@ -283,7 +294,13 @@ const FOUND: &str = "an earlier attempt's copy is in every recipient's mailbox a
 
 /// One delivery of one message over a fresh connection to the active backend, to the
 /// recipients that do not have it yet.
-async fn attempt(config: &Config, routes: &Routes, check: Option<&Dedupe>, due: &Due) -> Attempt {
+async fn attempt(
+    journal: &Journal,
+    config: &Config,
+    routes: &Routes,
+    check: Option<&Dedupe>,
+    due: &Due,
+) -> Attempt {
     let backend = routes.active();
     let mut rcpts: Vec<&str> = (due.message.rcpt_to.iter())
         .map(String::as_str)
@@ -291,6 +308,18 @@ async fn attempt(config: &Config, routes: &Routes, check: Option<&Dedupe>, due: 
         .collect();
     if rcpts.is_empty() {
         return Attempt::Applier;
+    }
+    if backend == Backend::Primary {
+        match unconfirmed::settle(journal, config, routes, check, due, &rcpts).await {
+            Ok(unconfirmed::Unconfirmed::No) => {}
+            Ok(unconfirmed::Unconfirmed::Arrived) => return Attempt::Found,
+            Ok(unconfirmed::Unconfirmed::Waiting(why)) | Err(why) => {
+                return Attempt::Temporary(why);
+            }
+            Ok(unconfirmed::Unconfirmed::Send(lacking)) => {
+                return deliver_to(config, routes, backend, due, &lacking).await;
+            }
+        }
     }
     if let (Backend::Primary, Some(check)) = (backend, check) {
         rcpts = found::lacking(check, config, due, &rcpts).await;
@@ -342,12 +371,18 @@ pub(crate) async fn deliver_to(
     let id = trace::trace_id(due.seq, &due.chain);
     let header = trace::smtp_received(&config.smtp.hostname, &message.client, &id, due.accepted_ms);
     let outcome = transfer(&mut upstream, message, rcpts, &header).await;
-    upstream.quit().await;
     match outcome {
-        Ok(attempt) => attempt,
+        Ok(attempt) => {
+            upstream.quit().await;
+            attempt
+        }
         Err(err) => {
             routes.failed(backend, &err);
-            Attempt::Temporary(err.to_string())
+            if backend == Backend::Primary && upstream.lost_after_final_dot() {
+                Attempt::Unconfirmed(err.to_string())
+            } else {
+                Attempt::Temporary(err.to_string())
+            }
         }
     }
 }

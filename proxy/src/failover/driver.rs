@@ -46,9 +46,9 @@ enum Request {
 /// A handle on the running driver; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Failover {
-    /// Set while a planned switchover waits for the replica: new SMTP transactions are
-    /// deferred (4xx) so that the replica can catch up with everything acknowledged.
-    draining: Arc<std::sync::atomic::AtomicBool>,
+    /// True while an admin's switch makes the new site ready: new SMTP transactions wait
+    /// at MAIL FROM so that the site switched to can catch up with everything acknowledged.
+    draining: Arc<watch::Sender<bool>>,
     active: watch::Receiver<Active>,
     health: watch::Receiver<Health>,
     requests: mpsc::UnboundedSender<Request>,
@@ -92,7 +92,7 @@ impl Failover {
             config, journal, start, rx, active_tx, health_tx, shutdown,
         ));
         Some(Failover {
-            draining: Arc::default(),
+            draining: Arc::new(watch::channel(false).0),
             active,
             health,
             requests,
@@ -112,14 +112,21 @@ impl Failover {
         self.health.borrow().clone()
     }
 
-    /// Whether new SMTP transactions are being deferred for a planned switchover.
+    /// Whether new SMTP transactions wait for an admin's switch.
     pub fn draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Acquire)
+        *self.draining.borrow()
     }
 
     pub fn set_draining(&self, on: bool) {
-        self.draining
-            .store(on, std::sync::atomic::Ordering::Release);
+        self.draining.send_replace(on);
+    }
+
+    /// Waits until no switch is under way, at most `limit`; false if one still is.
+    pub async fn wait_drained(&self, limit: std::time::Duration) -> bool {
+        let mut draining = self.draining.subscribe();
+        tokio::time::timeout(limit, draining.wait_for(|on| !on))
+            .await
+            .is_ok()
     }
 
     /// A session lost its connection to `backend`.

@@ -18,6 +18,8 @@ use super::route::{self, BY_APPLIER};
 use super::session::Session;
 use super::transaction::{Transaction, message_id, now_ms};
 use super::upstream::{Upstream, UpstreamError};
+use crate::delivery;
+use crate::failover::controller::Backend;
 use crate::metrics as m;
 use crate::trace;
 
@@ -180,6 +182,12 @@ impl Session {
             Some(Err(err)) => {
                 tracing::warn!(%err, seq, "upstream failed at end of data");
                 route::note_failure(&self.shared, self.backend, &err);
+                let unconfirmed = self.backend == Backend::Primary
+                    && (self.upstream.as_ref()).is_some_and(Upstream::lost_after_final_dot);
+                if unconfirmed {
+                    // Before the deferral, so that no retry goes out without the wait.
+                    delivery::unconfirmed::mark(&self.shared.journal, seq);
+                }
                 self.upstream = None;
                 self.defer(seq, &err.to_string())
             }

@@ -15,6 +15,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use levee_config::{Config, ListenerKind};
 use tokio::sync::watch;
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 use super::SmtpShared;
 use super::envelope::is_local;
 use super::session::Session;
+use super::transaction::now_ms;
 use super::upstream::{ClientIdentity, Upstream, UpstreamError};
 use crate::failover::controller::Backend;
 use crate::failover::driver::{Active, Failover};
@@ -35,16 +38,41 @@ pub const BY_APPLIER: &str = "local recipients are delivered at the replica by t
 pub struct Routes {
     config: Arc<Config>,
     failover: Option<Failover>,
+    /// When a connection to the primary's MTA last failed (ms since the Unix epoch).
+    primary_failed_ms: Arc<AtomicU64>,
 }
 
 impl Routes {
     pub fn new(config: Arc<Config>, failover: Option<Failover>) -> Routes {
-        Routes { config, failover }
+        Routes {
+            config,
+            failover,
+            primary_failed_ms: Arc::default(),
+        }
     }
 
-    /// New transactions wait (4xx) while a planned switchover drains.
+    /// Since when the primary has been answering (ms since the Unix epoch): the last time
+    /// a connection to its MTA failed, or now while its health probes find it down.
+    pub fn primary_answering_since_ms(&self) -> u64 {
+        let probed_down =
+            (self.failover.as_ref()).is_some_and(|f| f.health().primary_ok == Some(false));
+        if probed_down {
+            return now_ms();
+        }
+        self.primary_failed_ms.load(Ordering::Relaxed)
+    }
+
+    /// New transactions wait while an admin's switch makes the new site ready.
     pub fn draining(&self) -> bool {
         self.failover.as_ref().is_some_and(Failover::draining)
+    }
+
+    /// Waits for a switch under way to end, at most `limit`; false if it has not.
+    pub async fn wait_drained(&self, limit: Duration) -> bool {
+        match &self.failover {
+            Some(failover) => failover.wait_drained(limit).await,
+            None => true,
+        }
     }
 
     /// The backend new transactions go to (the primary without failover).
@@ -94,9 +122,14 @@ impl Routes {
     /// Tells the failover driver that `backend` failed to connect or broke off; refusals
     /// and replies the server chose to give are no failure of the site.
     pub fn failed(&self, backend: Backend, err: &UpstreamError) {
-        if let Some(failover) = &self.failover
-            && err.is_outage()
-        {
+        if !err.is_outage() {
+            return;
+        }
+        if backend == Backend::Primary {
+            self.primary_failed_ms
+                .fetch_max(now_ms(), Ordering::Relaxed);
+        }
+        if let Some(failover) = &self.failover {
             failover.upstream_error(backend);
         }
     }

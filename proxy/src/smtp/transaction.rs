@@ -7,7 +7,7 @@
 //! delivery worker forwards it later from the journal. What happens after DATA (journal,
 //! then the upstream) is in [`super::handoff`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use levee_config::ListenerKind;
 use mail_parser::MessageParser;
@@ -47,7 +47,12 @@ impl Session {
         if self.tx.is_some() {
             return conn.reply(&reply::NESTED_MAIL);
         }
-        if self.shared.routes.draining() {
+        // An admin's switch under way holds the new transaction rather than refusing it:
+        // the client waits a moment (the switch ends within `[admin] drain_timeout`) and
+        // its message goes to the site switched to.
+        if self.shared.routes.draining()
+            && !self.shared.routes.wait_drained(self.switch_wait()).await
+        {
             return conn.reply(&reply::SWITCHING);
         }
         self.follow_active().await;
@@ -73,6 +78,14 @@ impl Session {
         }
         self.open(from, line, false);
         conn.reply(&reply::OK);
+    }
+
+    /// How long MAIL FROM waits for a switch to end: the drain's own limit and a margin,
+    /// well inside the 5 minutes a client gives a MAIL command (RFC 5321, 4.5.3.2.2).
+    fn switch_wait(&self) -> Duration {
+        let drain = (self.shared.config.admin.as_ref())
+            .map_or(Duration::from_secs(30), |a| a.drain_timeout);
+        (drain + Duration::from_secs(5)).min(Duration::from_secs(240))
     }
 
     fn open(&mut self, from: &str, mail_line: Vec<u8>, via_upstream: bool) {

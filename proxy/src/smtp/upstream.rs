@@ -88,6 +88,9 @@ pub struct Upstream {
     /// Nothing happened that the upstream might hold against the next client on this
     /// connection: no error reply, no AUTH.
     clean: bool,
+    /// A message's final dot went out and its reply has not come back: if the connection
+    /// breaks now, the MTA may have queued the message without confirming it.
+    awaiting_final: bool,
 }
 
 impl Upstream {
@@ -184,6 +187,7 @@ impl Upstream {
             identity_passed: false,
             uses: 1,
             clean: true,
+            awaiting_final: false,
         };
         upstream.expect_greeting().await?;
         Ok(upstream)
@@ -312,7 +316,7 @@ impl Upstream {
         dot_stuff(header, &mut wire);
         dot_stuff(body, &mut wire);
         wire.extend_from_slice(b".\r\n");
-        self.command(&wire).await
+        self.final_dot(&wire).await
     }
 
     /// DATA and the dot-stuffed body, but not the final dot: the upstream holds an
@@ -330,7 +334,21 @@ impl Upstream {
 
     /// The final dot after [`Upstream::begin_body`]; returns the upstream's verdict.
     pub async fn end_body(&mut self) -> Result<Reply, UpstreamError> {
-        self.command(b".\r\n").await
+        self.final_dot(b".\r\n").await
+    }
+
+    /// Sends `wire`, which ends a message with its final dot, and reads the verdict.
+    async fn final_dot(&mut self, wire: &[u8]) -> Result<Reply, UpstreamError> {
+        self.awaiting_final = true;
+        let verdict = self.command(wire).await?;
+        self.awaiting_final = false;
+        Ok(verdict)
+    }
+
+    /// The connection failed between a message's final dot and the MTA's verdict: the MTA
+    /// may hold that message, queued, without having said so.
+    pub fn lost_after_final_dot(&self) -> bool {
+        self.awaiting_final
     }
 
     /// The final dot of an LMTP transaction: one verdict per accepted recipient, in RCPT

@@ -38,3 +38,48 @@ pub fn log_lines(log: &str, seq: u64) -> Vec<String> {
         .take(20)
         .collect()
 }
+
+/// The lines of the mail servers' logs at `stack` about message `id`: Postfix's lines for
+/// every queue id that carried it (cleanup names the Message-ID, the rest only the queue
+/// id) and Dovecot's deliveries of it.
+pub fn mail_log_lines(stack: &MailStack, id: &str) -> Vec<String> {
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    let postfix = read(stack.dir().join("postfix").join("postfix.log"));
+    let dovecot = read(stack.dir().join("dovecot").join("dovecot.log"));
+    let needle = format!("<{id}>");
+    let queue_ids: Vec<&str> = postfix
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter(|q| q.len() >= 8 && q.chars().all(|c| c.is_ascii_alphanumeric()))
+        .collect();
+    let postfix_lines = postfix
+        .lines()
+        .filter(|l| queue_ids.iter().any(|q| l.contains(&format!(" {q}: "))));
+    let dovecot_lines = dovecot.lines().filter(|l| l.contains(&needle));
+    postfix_lines
+        .chain(dovecot_lines)
+        .map(str::to_owned)
+        .take(40)
+        .collect()
+}
+
+/// How many times `id` was handed to the MTA at `stack`: the Postfix queue ids whose
+/// cleanup logged its Message-ID, each one SMTP transaction Postfix accepted. A message
+/// handed over once but in the INBOX twice was doubled by the mail server itself: Dovecot
+/// saved it and then failed its LMTP reply (`421 Shutting down` or a lost connection as it
+/// was killed), and Postfix, told nothing certain, delivered it again ("message may be
+/// sent more than once"). No proxy in front of Postfix can see or prevent that.
+pub fn handed_over(stack: &MailStack, id: &str) -> usize {
+    let postfix = std::fs::read_to_string(stack.dir().join("postfix").join("postfix.log"))
+        .unwrap_or_default();
+    let needle = format!("message-id=<{id}>");
+    let mut queue_ids: Vec<&str> = postfix
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| l.split(": ").nth(1))
+        .collect();
+    queue_ids.sort_unstable();
+    queue_ids.dedup();
+    queue_ids.len()
+}

@@ -22,6 +22,8 @@ pub struct SmtpTally {
     /// Messages that got no 250 (refused, or the connection was lost); never resent under
     /// the same Message-ID.
     pub failed: usize,
+    /// Why, with how often: the error's kind and the server's reply, per distinct text.
+    pub reasons: std::collections::BTreeMap<String, usize>,
 }
 
 /// smtp_load.py running for a fixed time.
@@ -56,8 +58,10 @@ impl SmtpLoad {
                 if let Some(id) = line.strip_prefix("ACK ") {
                     tally.acked.push(id.to_string());
                     counter.fetch_add(1, Ordering::Relaxed);
-                } else if line.starts_with("ERR ") {
+                } else if let Some(err) = line.strip_prefix("ERR ") {
                     tally.failed += 1;
+                    let reason = err.split_once(' ').map_or(err, |(_, why)| why);
+                    *tally.reasons.entry(reason.to_string()).or_default() += 1;
                 }
             }
             tally
@@ -94,6 +98,9 @@ pub struct ImapTally {
     /// server dying behind levee must not).
     #[serde(skip)]
     pub lost_at: Vec<Instant>,
+    /// The error each lost connection ended with, in the order of `lost_at`.
+    #[serde(skip)]
+    pub lost_why: Vec<String>,
     pub logins: u64,
 }
 
@@ -133,6 +140,7 @@ impl ImapLoad {
             all.commands_ok += one.commands_ok;
             all.errors.extend(one.errors);
             all.lost_at.extend(one.lost_at);
+            all.lost_why.extend(one.lost_why);
             all.logins += one.logins;
         }
         all
@@ -161,8 +169,9 @@ async fn session(
             continue;
         };
         tally.logins += 1;
-        if work(&mut client, &mut tally, stop).await.is_err() {
+        if let Err(err) = work(&mut client, &mut tally, stop).await {
             tally.lost_at.push(Instant::now());
+            tally.lost_why.push(err.to_string());
         }
     }
     tally

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use levee_proxy::admin::Role;
+use levee_proxy::mailstack::MailStack;
 use levee_tests::admin::{AdminSetup, FAST_FAILOVER};
 use levee_tests::imap_load::Security;
 use levee_tests::pair::wait_caught_up;
@@ -65,6 +66,10 @@ struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where to copy both sites' mail servers (logs, queues, Maildirs) and levee's logs
+    /// when a message is lost or doubled.
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -182,12 +187,16 @@ fn run(args: &Args) -> Report {
         sent.acked.len(),
         sent.failed
     );
+    for (why, times) in &sent.reasons {
+        eprintln!("chaos:   {times} x {why}");
+    }
     settle(&mut primary, &mut replica, &api, &sent.acked);
     count(args, &mut primary, &mut replica, sent, imap, &windows)
 }
 
 /// Back to the primary if a failover is still in force, the replica caught up, and every
 /// acknowledged message in both mailboxes (or the time for it run out: the count says).
+/// A copy too many cannot go away; only missing ones are waited for.
 fn settle(primary: &mut Site, replica: &mut ReplicaSite, api: &Api, acked: &[String]) {
     if api.active_backend() != "primary" {
         api.fail_back(180);
@@ -195,8 +204,8 @@ fn settle(primary: &mut Site, replica: &mut ReplicaSite, api: &Api, acked: &[Str
     wait_caught_up(&primary.levee, &replica.daemon, 180);
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let at_primary = exactly_once(acked, &inbox_counts(&primary.stack, "alice")).0;
-        let at_replica = exactly_once(acked, &inbox_counts(&replica.stack, "alice")).0;
+        let (at_primary, _) = exactly_once(acked, &inbox_counts(&primary.stack, "alice"));
+        let (at_replica, _) = exactly_once(acked, &inbox_counts(&replica.stack, "alice"));
         if at_primary.is_empty() && at_replica.is_empty() {
             return;
         }
@@ -217,16 +226,33 @@ fn count(
     let acked = &sent.acked;
     let mut lost = Vec::new();
     let mut duplicates = Vec::new();
-    let mut once = |counts: &HashMap<String, usize>, place: &str| {
+    let mut doubled_by_mail_server = Vec::new();
+    // `mta`: the site's Postfix stands between levee and the mailbox (at the replica the
+    // applier speaks LMTP to Dovecot itself, so every copy there is levee's).
+    let mut once = |counts: &HashMap<String, usize>, place: &str, mta: Option<&MailStack>| {
         let (missing, doubled) = exactly_once(acked, counts);
         lost.extend(missing.iter().map(|id| format!("{id} (not in {place})")));
-        duplicates.extend(doubled.iter().map(|id| format!("{id} (in {place})")));
-        acked.len() - missing.len() - doubled.len()
+        let mut by_levee = 0;
+        for id in doubled {
+            let id = id.split(' ').next().unwrap_or(id.as_str());
+            if mta.is_some_and(|stack| explain::handed_over(stack, id) == 1) {
+                doubled_by_mail_server.push(format!("{id} (in {place}, handed over once)"));
+            } else {
+                duplicates.push(format!("{id} (in {place})"));
+                by_levee += 1;
+            }
+        }
+        acked.len() - missing.len() - by_levee
     };
-    let in_active_mailbox = once(&inbox_counts(&primary.stack, "alice"), "the active mailbox");
+    let in_active_mailbox = once(
+        &inbox_counts(&primary.stack, "alice"),
+        "the active mailbox",
+        Some(&primary.stack),
+    );
     let in_replica_mailbox = once(
         &inbox_counts(&replica.stack, "alice"),
         "the replica mailbox",
+        None,
     );
 
     let primary_log = primary.levee.log();
@@ -240,7 +266,7 @@ fn count(
     for id in &journaled {
         *journal_counts.entry(id.clone()).or_insert(0) += 1;
     }
-    let in_journal = once(&journal_counts, "the primary's journal");
+    let in_journal = once(&journal_counts, "the primary's journal", None);
     let acked_set: HashSet<&String> = acked.iter().collect();
     let journaled_unacknowledged = journaled
         .iter()
@@ -265,6 +291,9 @@ fn count(
             for copy in explain::copies(stack, "alice", id) {
                 eprintln!("  copy at the {site}:\n    {copy}");
             }
+            for line in explain::mail_log_lines(stack, id) {
+                eprintln!("  {site} mail log: {line}");
+            }
         }
         for line in explain::log_lines(&primary_log, seq) {
             eprintln!("  primary log: {line}");
@@ -277,6 +306,23 @@ fn count(
         && copy.last_chain() == source.last_chain()
         && theirs == records;
 
+    if let (Some(keep), false) = (&args.keep, lost.is_empty() && duplicates.is_empty()) {
+        let sites = [
+            ("primary", primary.stack.dir(), &primary.levee.log_path),
+            ("replica", replica.stack.dir(), &replica.daemon.log_path),
+        ];
+        for (site, stack, log) in sites {
+            let to = keep.join(site);
+            let copied = std::fs::create_dir_all(&to).and_then(|()| {
+                std::process::Command::new("cp")
+                    .arg("-a")
+                    .args([stack, log.as_path()])
+                    .arg(&to)
+                    .status()
+            });
+            eprintln!("chaos: {site} kept in {} ({copied:?})", to.display());
+        }
+    }
     Report {
         seconds: args.seconds,
         sent: acked.len() + sent.failed,
@@ -287,6 +333,7 @@ fn count(
         in_active_mailbox,
         lost,
         duplicates,
+        doubled_by_mail_server,
         journaled_unacknowledged,
         journal_records: source.head(),
         primary_chain_intact: source.verify().expect("verify").is_intact(),

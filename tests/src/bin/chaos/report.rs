@@ -42,6 +42,13 @@ impl ImapFigures {
                 .any(|w| w.fault == Fault::LeveeKill && *at >= w.started && *at <= w.ended + slack)
         };
         let lost_with_levee = tally.lost_at.iter().filter(|at| with_levee(at)).count();
+        let started = windows.first().map(|w| w.started);
+        for (at, why) in tally.lost_at.iter().zip(&tally.lost_why) {
+            if !with_levee(at) {
+                let secs = started.map_or(0.0, |s| at.saturating_duration_since(s).as_secs_f64());
+                eprintln!("chaos: IMAP connection lost at {secs:.1} s with levee up: {why}");
+            }
+        }
         ImapFigures {
             sessions: tally.sessions,
             logins: tally.logins,
@@ -64,12 +71,17 @@ pub struct Report {
     pub in_journal: usize,
     /// Acknowledged messages found once in the replica's mailbox.
     pub in_replica_mailbox: usize,
-    /// Acknowledged messages found once in the active (primary) site's mailbox.
+    /// Acknowledged messages in the active (primary) site's mailbox, each handed to its
+    /// mail server once.
     pub in_active_mailbox: usize,
     /// Acknowledged messages missing somewhere (with where).
     pub lost: Vec<String>,
     /// Acknowledged messages found more than once somewhere (with where and how often).
     pub duplicates: Vec<String>,
+    /// Acknowledged messages levee handed to the primary's Postfix once that are in the
+    /// INBOX twice: Dovecot, killed, saved a copy without confirming it and Postfix
+    /// delivered again (see `explain::handed_over`). Reported, not counted against levee.
+    pub doubled_by_mail_server: Vec<String>,
     /// Messages journaled although their sender saw no 250 (levee died between its fsync
     /// and the reply): delivered, and the sender's retry would bring a second copy.
     pub journaled_unacknowledged: usize,
@@ -150,11 +162,15 @@ impl Report {
                 self.in_replica_mailbox.to_string(),
             ),
             (
-                "acknowledged, in the active mailbox once",
+                "acknowledged, in the active mailbox, handed over once",
                 self.in_active_mailbox.to_string(),
             ),
             ("**lost**", self.lost.len().to_string()),
             ("**duplicates**", self.duplicates.len().to_string()),
+            (
+                "doubled by the mail server itself (handed over once, Dovecot killed before its LMTP reply)",
+                self.doubled_by_mail_server.len().to_string(),
+            ),
             (
                 "journaled although the sender saw no 250",
                 self.journaled_unacknowledged.to_string(),
