@@ -202,11 +202,17 @@ impl ImapClient {
     /// Enters IDLE and waits for the server's continuation request.
     pub async fn idle(&mut self) -> io::Result<()> {
         let tag = self.send("IDLE").await?;
-        let go = tokio::time::timeout(IO_TIMEOUT, self.response())
-            .await
-            .map_err(|_| broken("IDLE: no continuation request".into()))??;
-        if !go.starts_with(b"+") {
-            return Err(broken(format!("IDLE: {}", show(&go))));
+        // The server may report news (`* 7 EXISTS`) before its go-ahead.
+        loop {
+            let go = tokio::time::timeout(IO_TIMEOUT, self.response())
+                .await
+                .map_err(|_| broken("IDLE: no continuation request".into()))??;
+            if go.starts_with(b"+") {
+                break;
+            }
+            if !go.starts_with(b"* ") {
+                return Err(broken(format!("IDLE: {}", show(&go))));
+            }
         }
         self.idling = Some(tag);
         Ok(())
@@ -215,12 +221,18 @@ impl ImapClient {
     /// Ends IDLE (`DONE`) and reads up to its completion; responses that were still on the
     /// way are in the reply's `untagged`.
     pub async fn done(&mut self) -> io::Result<Reply> {
+        let tag = self.send_done().await?;
+        self.complete(&tag, "IDLE").await
+    }
+
+    /// Sends `DONE` and returns the IDLE's tag, for [`ImapClient::complete`].
+    pub async fn send_done(&mut self) -> io::Result<String> {
         let tag = self
             .idling
             .take()
             .ok_or_else(|| broken("DONE outside IDLE".into()))?;
         self.write(b"DONE\r\n").await?;
-        self.complete(&tag, "IDLE").await
+        Ok(tag)
     }
 
     /// The next response: one line, with each literal it announces and the rest of the line

@@ -1,7 +1,9 @@
 //! A command in flight when the primary's Dovecot hangs and then dies: levee asks the
 //! replica again for a read-only one (the client gets its answer, on its connection, under
 //! the UIDs it knows), and answers a changing one with a tagged NO rather than risk
-//! applying it twice. Neither client sees BYE, and both go on working.
+//! applying it twice. An IDLE the client ended with a DONE the dead server never answered
+//! is completed at the replica, not entered again. No client sees BYE, and all go on
+//! working.
 
 use std::time::Duration;
 
@@ -55,7 +57,7 @@ fn commands_in_flight_when_the_primary_dies() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut reader, mut writer, uid) = rt.block_on(async {
+    let (mut reader, mut writer, mut idler, uid) = rt.block_on(async {
         let open = async || {
             let mut client = ImapClient::connect(addr, &tls).await.expect("connect");
             client.login("alice", &password).await.expect("LOGIN");
@@ -64,18 +66,20 @@ fn commands_in_flight_when_the_primary_dies() {
         };
         let mut reader = open().await;
         let writer = open().await;
+        let mut idler = open().await;
+        idler.idle().await.expect("IDLE");
         let listed = reader
             .ok(&format!("UID FETCH 1:* (UID {HEADER})"))
             .await
             .expect("UID FETCH before the failure");
         assert!(text(&listed).contains(MESSAGE_ID), "{}", text(&listed));
         let uid = only_uid(&listed);
-        (reader, writer, uid)
+        (reader, writer, idler, uid)
     });
 
-    // A hung server: both commands reach it and get no answer.
+    // A hung server: the commands and the DONE reach it and get no answer.
     primary.stack.freeze_dovecot().expect("SIGSTOP Dovecot");
-    let (fetch, store) = rt.block_on(async {
+    let (fetch, store, idle) = rt.block_on(async {
         let fetch = reader
             .send(&format!("UID FETCH {uid} (UID {HEADER})"))
             .await
@@ -84,8 +88,9 @@ fn commands_in_flight_when_the_primary_dies() {
             .send(&format!("UID STORE {uid} +FLAGS (\\Flagged)"))
             .await
             .expect("send UID STORE");
+        let idle = idler.send_done().await.expect("send DONE");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        (fetch, store)
+        (fetch, store, idle)
     });
     primary.stack.kill_dovecot().expect("kill Dovecot");
 
@@ -108,8 +113,17 @@ fn commands_in_flight_when_the_primary_dies() {
         );
         assert!(!text(&stored).contains("BYE"), "{}", text(&stored));
 
-        // Both sessions live on at the replica, under the same UIDs.
-        for client in [&mut reader, &mut writer] {
+        let ended = idler.complete(&idle, "IDLE").await.unwrap_or_else(|e| {
+            panic!(
+                "the IDLE the client ended before the failover was never completed: {e}\n{}",
+                log()
+            )
+        });
+        assert!(ended.is_ok(), "IDLE: {}", ended.status);
+        assert!(!text(&ended).contains("BYE"), "{}", text(&ended));
+
+        // The sessions live on at the replica, under the same UIDs.
+        for client in [&mut reader, &mut writer, &mut idler] {
             let again = client
                 .ok(&format!("UID FETCH {uid} (UID FLAGS {HEADER})"))
                 .await

@@ -53,6 +53,7 @@ impl Session {
         // Inside IDLE or an AUTHENTICATE exchange the client sends data lines, not
         // commands: they go upstream as they are.
         if self.state.idling.is_some() {
+            self.state.idle_done_sent = true;
             self.send_upstream(message);
             return;
         }

@@ -116,11 +116,27 @@ pub async fn rebuild(
             }
         }
         let mut idle_tag = None;
-        if state.idling.is_some() {
+        // An IDLE the client has ended already is completed for it instead (see
+        // `Session::try_migrate`).
+        if state.idling.is_some() && !state.idle_done_sent {
             let tag = conn.send(CommandBody::Idle).await?;
-            let line = conn.line().await?;
-            if !line.starts_with('+') {
-                return Err(format!("IDLE: {}", line.trim_end()));
+            let mut lines = 0;
+            loop {
+                let line = conn.line().await?;
+                if line.starts_with('+') {
+                    break;
+                }
+                lines += 1;
+                if lines > MAX_LINES {
+                    return Err("IDLE: too many responses before the go-ahead".into());
+                }
+                if !line.starts_with("* ") {
+                    return Err(format!("IDLE: {}", line.trim_end()));
+                }
+                // The server may report news before its go-ahead.
+                if line.trim_end().to_ascii_uppercase().ends_with(" EXISTS") {
+                    exists = Some(line);
+                }
             }
             idle_tag = Some(tag);
         }
@@ -369,8 +385,15 @@ impl Session {
                 if let Some(exists) = rebuilt.exists {
                     pump.say(exists.as_bytes());
                 }
-                if let (Some(ours), Some(theirs)) = (rebuilt.idle_tag, self.state.idling.clone()) {
-                    self.idle_alias = Some((ours, theirs));
+                match (rebuilt.idle_tag, self.state.idling.clone()) {
+                    (Some(ours), Some(theirs)) => self.idle_alias = Some((ours, theirs)),
+                    (None, Some(theirs)) => {
+                        // The client's DONE went to the old connection, which never
+                        // answered it: the IDLE is over, and only its completion is due.
+                        let _ = self.state.completed(&theirs, Status::Ok);
+                        pump.say(format!("{theirs} OK IDLE completed\r\n").as_bytes());
+                    }
+                    _ => {}
                 }
                 metrics::counter!(crate::metrics::IMAP_MIGRATIONS).increment(1);
                 tracing::info!(to = ?target, elapsed = ?started.elapsed(), "IMAP session moved");

@@ -71,6 +71,9 @@ pub struct SessionState {
     pub enabled: Vec<String>,
     /// The IDLE command in progress (its tag), once the server said "+".
     pub idling: Option<String>,
+    /// The client ended that IDLE (its DONE went upstream, or waits to): on a new
+    /// connection levee completes the IDLE for it rather than entering it again.
+    pub idle_done_sent: bool,
     pending: HashMap<String, Pending>,
     /// AUTHENTICATE PLAIN sent without an initial response: the client's next line is it.
     auth_plain: Option<String>,
@@ -163,6 +166,7 @@ impl SessionState {
     pub fn continuation(&mut self) {
         if let Some(tag) = self.idle_requested.take() {
             self.idling = Some(tag);
+            self.idle_done_sent = false;
         } else if self
             .pending
             .values()
@@ -206,6 +210,7 @@ impl SessionState {
             (Pending::Idle, _) => {
                 self.idling = None;
                 self.idle_requested = None;
+                self.idle_done_sent = false;
                 Finished::Other
             }
             (Pending::Change(change), Status::Ok) => Finished::Changed(*change),

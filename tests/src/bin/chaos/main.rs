@@ -67,7 +67,7 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Where to copy both sites' mail servers (logs, queues, Maildirs) and levee's logs
-    /// when a message is lost or doubled.
+    /// when a message is lost or doubled, or an IMAP connection lost.
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
 }
@@ -78,7 +78,9 @@ fn main() -> ExitCode {
     }
     let args = <Args as clap::Parser>::parse();
     let exe = std::env::current_exe().expect("the chaos binary's path");
-    levee_tests::levee::use_child_binary(exe, "info");
+    // levee's default level unless LEVEE_LOG asks for more.
+    let filter = std::env::var("LEVEE_LOG").unwrap_or_else(|_| "info".into());
+    levee_tests::levee::use_child_binary(exe, &filter);
     let report = run(&args);
     if args.json {
         println!(
@@ -306,7 +308,8 @@ fn count(
         && copy.last_chain() == source.last_chain()
         && theirs == records;
 
-    if let (Some(keep), false) = (&args.keep, lost.is_empty() && duplicates.is_empty()) {
+    let clean = lost.is_empty() && duplicates.is_empty() && imap.lost_otherwise == 0;
+    if let (Some(keep), false) = (&args.keep, clean) {
         let sites = [
             ("primary", primary.stack.dir(), &primary.levee.log_path),
             ("replica", replica.stack.dir(), &replica.daemon.log_path),
