@@ -9,14 +9,18 @@
 //! At start every record still `Pending` (levee stopped between journal and upstream) is
 //! retried too: SMTP is at-least-once, and a possible duplicate beats a lost message.
 //!
-//! Before a retry at the primary, the worker looks whether an earlier attempt left the copy
-//! there already ([`found`]), and delivers only to the recipients that lack it.
+//! The first retry of a record after levee started looks whether an earlier attempt left
+//! the copy at the primary already ([`found`]: levee may have died between the MTA's 250
+//! and the state write), and delivers only to the recipients that lack it. A copy the MTA
+//! may hold unconfirmed (the connection broke after the final dot) waits for it first
+//! ([`unconfirmed`]).
 //!
 //! Each attempt goes to the backend active at that moment, with the same trace header the
 //! live path writes (it names the record). While the replica is active its MTA gets only
 //! the recipients outside `smtp.local_domains`; the replica's applier delivers the others
 //! from the journal (see [`crate::smtp::route`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,8 +81,15 @@ pub async fn run(
 ) {
     let idle_poll = Duration::from_secs(1);
     let check = crate::resync::primary_master(&config);
+    let mut tried = HashSet::new();
     loop {
-        let pass = deliver_due(&journal, &config, &routes, check.as_ref(), &shutdown);
+        let pass = deliver_due(
+            &journal,
+            &config,
+            &routes,
+            (check.as_ref(), &mut tried),
+            &shutdown,
+        );
         let next_due = match pass.await {
             Ok(next_due) => next_due,
             Err(err) => {
@@ -123,15 +134,23 @@ pub fn recover(journal: &Journal) -> Result<usize, levee_journal::JournalError> 
 /// Attempts every due message once, `delivery.workers` at a time; returns when the next
 /// one falls due. A pass stops starting new attempts once the upstream proves unreachable:
 /// every further attempt would only wait for the same connect timeout.
+///
+/// `check` is the master-user access to the primary's mailboxes, and the records tried
+/// since levee started: only a record's first attempt after a start looks for an earlier
+/// copy (the outcome of the one before may have been lost with the process; every later
+/// one's outcome is known, and a copy the MTA may hold unconfirmed has its own rule, see
+/// [`unconfirmed`]).
 async fn deliver_due(
     journal: &Journal,
     config: &Arc<Config>,
     routes: &Routes,
-    check: Option<&Dedupe>,
+    check: (Option<&Dedupe>, &mut HashSet<Seq>),
     shutdown: &CancellationToken,
 ) -> Result<Option<u64>, levee_journal::JournalError> {
+    let (check, tried) = check;
     let queue = journal.undelivered(10_000)?;
-    metrics::gauge!(m::DELIVERY_QUEUE).set(queue.len() as f64);
+    let queue_len = queue.len();
+    metrics::gauge!(m::DELIVERY_QUEUE).set(queue_len as f64);
     let mut next_due = NextDue::default();
     let mut running = JoinSet::new();
     let mut unreachable = false;
@@ -142,17 +161,19 @@ async fn deliver_due(
         if state.status != DeliveryStatus::Deferred {
             continue;
         }
-        // With the check, an attempt waits until an earlier one's copy has settled.
-        let not_before = match check {
-            Some(_) => state
+        // A first attempt with the check waits until an earlier one's copy has settled.
+        let look = check.is_some() && !tried.contains(&seq);
+        let not_before = match look {
+            true => state
                 .next_attempt_ms
                 .max(state.updated_ms + found::SETTLE.as_millis() as u64),
-            None => state.next_attempt_ms,
+            false => state.next_attempt_ms,
         };
         if not_before > now_ms() {
             next_due.note(not_before);
             continue;
         }
+        tried.insert(seq);
         let Some(record) = journal.get(seq)? else {
             continue;
         };
@@ -168,7 +189,8 @@ async fn deliver_due(
                 unreachable |= settle(journal, config, done, &mut next_due)?;
             }
         }
-        let (config, routes, check) = (config.clone(), routes.clone(), check.cloned());
+        let (config, routes) = (config.clone(), routes.clone());
+        let (master, look) = (check.cloned(), look);
         let journal = journal.clone();
         let received_ms = record.time_ms;
         let due = Due {
@@ -178,12 +200,23 @@ async fn deliver_due(
             message,
         };
         running.spawn(async move {
-            let outcome = attempt(&journal, &config, &routes, check.as_ref(), &due).await;
+            let check = (master.as_ref(), look);
+            let outcome = attempt(&journal, &config, &routes, check, &due).await;
             (seq, state, received_ms, outcome)
         });
     }
     while let Some(done) = running.join_next().await {
         settle(journal, config, done, &mut next_due)?;
+    }
+    // Records no longer queued are not tried again.
+    if tried.len() > 2 * queue_len.max(1024) {
+        tried.retain(|seq| {
+            journal
+                .state(*seq)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.status.is_open())
+        });
     }
     Ok(next_due.0)
 }
@@ -298,7 +331,7 @@ async fn attempt(
     journal: &Journal,
     config: &Config,
     routes: &Routes,
-    check: Option<&Dedupe>,
+    (check, look): (Option<&Dedupe>, bool),
     due: &Due,
 ) -> Attempt {
     let backend = routes.active();
@@ -321,7 +354,7 @@ async fn attempt(
             }
         }
     }
-    if let (Backend::Primary, Some(check)) = (backend, check) {
+    if let (Backend::Primary, Some(check), true) = (backend, check, look) {
         rcpts = found::lacking(check, config, due, &rcpts).await;
         if rcpts.is_empty() {
             return Attempt::Found;
