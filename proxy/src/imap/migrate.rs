@@ -50,6 +50,9 @@ pub async fn rebuild(
     limit: Duration,
     list: bool,
 ) -> Result<Rebuilt, String> {
+    // The step under way, for the error when the time runs out.
+    let step = std::sync::Mutex::new("connect");
+    let at = |name| *step.lock().unwrap_or_else(|p| p.into_inner()) = name;
     let work = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -59,15 +62,18 @@ pub async fn rebuild(
             stream: BufReader::new(stream),
             next: 0,
         };
+        at("greeting");
         let greeting = conn.line().await?;
         if !greeting.starts_with("* OK") {
             return Err(format!("greeting: {}", greeting.trim_end()));
         }
+        at("LOGIN");
         if let Some(login) = &state.login {
             let body = CommandBody::login(login.user.as_str(), login.password.as_str())
                 .map_err(|_| "the kept login cannot be encoded".to_string())?;
             conn.run(body).await.map_err(|e| format!("LOGIN: {e}"))?;
         }
+        at("ENABLE");
         if !state.enabled.is_empty() {
             let capabilities: Vec<CapabilityEnable<'static>> = state
                 .enabled
@@ -81,6 +87,7 @@ pub async fn rebuild(
             }
         }
         let mut exists = None;
+        at("SELECT");
         if let Some(selected) = &state.selected {
             let body = if selected.read_only {
                 CommandBody::Examine {
@@ -99,6 +106,7 @@ pub async fn rebuild(
                 .find(|l| l.trim_end().to_ascii_uppercase().ends_with(" EXISTS"));
         }
         let mut listed = None;
+        at("listing the mailbox");
         if list && state.selected.is_some() {
             // A server without ESEARCH says BAD: then the numbers go unmapped.
             if let Ok((tag, untagged)) = conn.run_line(LISTING).await {
@@ -116,6 +124,7 @@ pub async fn rebuild(
             }
         }
         let mut idle_tag = None;
+        at("IDLE");
         // An IDLE the client has ended already is completed for it instead (see
         // `Session::try_migrate`).
         if state.idling.is_some() && !state.idle_done_sent {
@@ -149,9 +158,10 @@ pub async fn rebuild(
             listed,
         })
     };
-    tokio::time::timeout(limit, work)
-        .await
-        .unwrap_or_else(|_| Err(format!("no session on {addr} within {limit:?}")))
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        let step = *step.lock().unwrap_or_else(|p| p.into_inner());
+        Err(format!("no session on {addr} within {limit:?} (at {step})"))
+    })
 }
 
 struct Conn {
