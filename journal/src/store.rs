@@ -42,6 +42,9 @@ pub struct JournalOptions {
     /// has less than this many bytes available (see `space.rs`); 0 turns the check off.
     /// Default 0.
     pub min_free_bytes: u64,
+    /// How long an open waits for another process to let go of the journal (a levee
+    /// that is handing over to its successor). Default 2 s.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for JournalOptions {
@@ -49,6 +52,7 @@ impl Default for JournalOptions {
         JournalOptions {
             compress_min_bytes: 512,
             cache_bytes: 64 << 20,
+            lock_wait: std::time::Duration::from_secs(2),
             body_key: None,
             min_free_bytes: 0,
         }
@@ -148,7 +152,7 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| {
             JournalError::io(format!("creating journal directory {}", dir.display()), e)
         })?;
-        let db = open_db(dir, opts.cache_bytes)?;
+        let db = open_db(dir, opts.cache_bytes, opts.lock_wait)?;
         let trees = Trees::open(&db)?;
         seal::check_key(&trees.meta, opts.body_key.as_deref())?;
         let db_path = dir.join("db");
@@ -313,12 +317,16 @@ impl Journal {
 }
 
 /// Opens sled's database. sled lets go of its file lock only once its background
-/// writers are done, so a journal this process closed a moment ago can still be locked
-/// for a short while: that case is retried briefly (another process holding the journal
-/// keeps the lock, and is reported after the wait).
-fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, JournalError> {
+/// writers are done, so a journal closed a moment ago (by this process, or by a levee
+/// handing over) can still be locked for a while: that case is retried for up to
+/// `lock_wait` (a process that keeps the lock is reported after the wait).
+fn open_db(
+    dir: &Path,
+    cache_bytes: u64,
+    lock_wait: std::time::Duration,
+) -> Result<sled::Db, JournalError> {
     let config = sled::Config::new().path(dir).cache_capacity(cache_bytes);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + lock_wait;
     loop {
         match config.open() {
             Err(sled::Error::Io(e))

@@ -29,6 +29,11 @@ enum Command {
         /// Configuration file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Start beside the levee this one replaces (a new binary): listen on its ports at
+        /// once, and take over its journal when it stops (send it SIGTERM). Its clients
+        /// are not refused meanwhile; they wait for this one.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Run the replica site's daemon: receive the journal stream, apply it to the standby.
     Replica {
@@ -161,13 +166,18 @@ pub fn main() -> ExitCode {
                 |shutdown| async move { crate::standby::run(config, shutdown, None).await },
             )
         }
-        Command::Run { config } => {
+        Command::Run { config, take_over } => {
             let config = match load::<Config>(&config) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
             init_tracing(&config.log.level, config.log.json);
-            block_on_daemon(|shutdown| async move { crate::run(config, shutdown, None).await })
+            block_on_daemon(|shutdown| async move {
+                match take_over {
+                    true => crate::take_over(config, shutdown, None).await,
+                    false => crate::run(config, shutdown, None).await,
+                }
+            })
         }
         Command::Admin { command } => admin(command),
         Command::Journal { command } => crate::compliance::run(command),

@@ -34,11 +34,13 @@ pub mod resync;
 pub mod retention;
 pub mod smtp;
 pub mod standby;
+pub mod takeover;
 pub mod tls;
 pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use levee_config::Config;
 use levee_journal::{Journal, JournalOptions};
@@ -87,10 +89,35 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<Bound>>,
 ) -> Result<(), RunError> {
+    run_as(config, shutdown, ready, false).await
+}
+
+/// [`run`] beside a levee that is about to stop, taking its place (see [`takeover`]).
+pub async fn take_over(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Bound>>,
+) -> Result<(), RunError> {
+    run_as(config, shutdown, ready, true).await
+}
+
+async fn run_as(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Bound>>,
+    take_over: bool,
+) -> Result<(), RunError> {
     // The recorder first: gauges set during start-up must not be lost.
     metrics::handle();
     let config = Arc::new(config);
-    let journal = open_journal(&config).await?;
+    let (mut prebound, lock_wait) = match take_over {
+        true => (
+            takeover::Prebound::bind(&config)?,
+            takeover::lock_wait(&config),
+        ),
+        false => (takeover::Prebound::default(), Duration::from_secs(2)),
+    };
+    let journal = open_journal_at(journal_dir(&config), &config.journal, lock_wait).await?;
     let certificate = match &config.tls {
         Some(files) => {
             Some(tls::CertSource::load(&files.cert, &files.key).map_err(tls::TlsError::from)?)
@@ -156,7 +183,7 @@ pub async fn run(
         config.smtp.max_connections_per_ip,
     );
     for spec in &config.smtp.listen {
-        let (listener, addr) = bind(spec.addr).await?;
+        let (listener, addr) = bind(spec.addr, &mut prebound)?;
         bound.smtp.push(addr);
         let info = ListenerInfo {
             kind: spec.kind,
@@ -198,7 +225,7 @@ pub async fn run(
         config.imap.max_connections_per_ip,
     );
     for spec in &config.imap.listen {
-        let (listener, addr) = bind(spec.addr).await?;
+        let (listener, addr) = bind(spec.addr, &mut prebound)?;
         bound.imap.push(addr);
         tracing::info!(listener = %addr, tls = ?spec.tls, "listening for IMAP");
         tasks.spawn(imap::serve_listener(
@@ -209,10 +236,8 @@ pub async fn run(
         ));
     }
     if let Some(addr) = config.metrics.listen {
-        let listener = metrics::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { addr, source })?;
-        bound.metrics = listener.local_addr().ok();
+        let (listener, addr) = bind(addr, &mut prebound)?;
+        bound.metrics = Some(addr);
         let stop = shutdown.clone();
         let status = primary_status(
             &config,
@@ -232,7 +257,7 @@ pub async fn run(
         if tokens.is_empty() {
             tracing::warn!(file = %admin.tokens.display(), "the admin tokens file admits nobody");
         }
-        let (listener, addr) = bind(admin.listen).await?;
+        let (listener, addr) = bind(admin.listen, &mut prebound)?;
         bound.admin = Some(addr);
         tracing::info!(listener = %addr, tls = ?admin.tls, "listening for the admin API");
         let status = primary_status(
@@ -302,10 +327,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds a listener; returns it with the address it got (port 0 picks one).
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), RunError> {
+/// Binds a listener (or takes the one bound ahead); returns it with the address it got
+/// (port 0 picks one). A successor may bind it too (see [`takeover`]).
+fn bind(
+    addr: SocketAddr,
+    prebound: &mut takeover::Prebound,
+) -> Result<(TcpListener, SocketAddr), RunError> {
     let bind_error = |source| RunError::Bind { addr, source };
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let listener = match prebound.take(addr) {
+        Some(listener) => listener,
+        None => takeover::reusable(addr).map_err(bind_error)?,
+    };
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
 }
@@ -398,10 +430,6 @@ fn journal_dir(config: &Config) -> std::path::PathBuf {
     config.node.data_dir.join("journal")
 }
 
-async fn open_journal(config: &Config) -> Result<Journal, RunError> {
-    open_journal_at(journal_dir(config), &config.journal).await
-}
-
 /// The journal's options: the defaults, and the body key read from `key_file`.
 pub fn journal_options(
     key_file: Option<&std::path::Path>,
@@ -419,10 +447,11 @@ pub fn journal_options(
 }
 
 /// Opens the journal in `dir` off the async threads, with the body key and the free-space
-/// reserve of `section`.
+/// reserve of `section`, waiting up to `lock_wait` for another process to let go of it.
 pub(crate) async fn open_journal_at(
     dir: std::path::PathBuf,
     section: &levee_config::JournalSection,
+    lock_wait: Duration,
 ) -> Result<Journal, RunError> {
     let path = dir.display().to_string();
     let key_file = section.key_file.clone();
@@ -430,6 +459,7 @@ pub(crate) async fn open_journal_at(
     tokio::task::spawn_blocking(move || {
         let options = JournalOptions {
             min_free_bytes,
+            lock_wait,
             ..journal_options(key_file.as_deref())?
         };
         Journal::open(&dir, options)

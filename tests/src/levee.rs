@@ -10,6 +10,8 @@ use levee_config::{Config, ConfigFile, ReplicaConfig};
 use levee_proxy::mailstack::{MailStack, free_port};
 use tokio_util::sync::CancellationToken;
 
+mod takeover;
+
 /// How levee runs in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeveeMode {
@@ -311,6 +313,10 @@ listen = "{metrics}"
     }
 
     fn spawn_child(&self) -> Running {
+        self.spawn_child_with(&[])
+    }
+
+    fn spawn_child_with(&self, extra: &[&str]) -> Running {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -323,6 +329,7 @@ listen = "{metrics}"
         let child = Command::new(levee_binary())
             .args([command, "--config"])
             .arg(&self.config_path)
+            .args(extra)
             .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -108,8 +108,9 @@ pub async fn serve_listener(
         listen::spawn_session(&mut sessions, permit, "imap", span, session);
     }
     drop(listener);
-    // IMAP sessions are long-lived: they have been told BYE; give them a moment to flush.
-    listen::finish(sessions, std::time::Duration::from_secs(5)).await;
+    // Each session says BYE once its commands in flight are answered: the SMTP grace
+    // bounds that too.
+    listen::finish(sessions, shared.config.smtp.shutdown_grace).await;
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, tls: TlsMode, shared: Arc<ImapShared>) {

@@ -184,17 +184,21 @@ impl Session {
         let mut last_read = started;
         let mut deadline = self.deadline(started, last_read);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        // Shutting down: no new commands are read; the BYE waits until nothing is in flight.
+        let mut stopping = false;
         while !pump.closing {
+            if stopping && self.quiet() {
+                pump.say(b"* BYE [UNAVAILABLE] levee is shutting down\r\n");
+                pump.closing = true;
+                break;
+            }
             let up_writable = matches!(self.up_out.front(), Some(Out::Bytes(..)));
             let client_writable = pump.client_sent < pump.client_out.len();
-            let read_client = self.up_out_bytes < OUTBOX_LIMIT;
+            let read_client = self.up_out_bytes < OUTBOX_LIMIT && !stopping;
             let read_upstream = pump.client_out.len() - pump.client_sent < OUTBOX_LIMIT;
             tokio::select! {
                 biased;
-                _ = &mut cancelled => {
-                    pump.say(b"* BYE [UNAVAILABLE] levee is shutting down\r\n");
-                    pump.closing = true;
-                }
+                _ = &mut cancelled, if !stopping => stopping = true,
                 written = client_write.write(&pump.client_out[pump.client_sent..]), if client_writable => {
                     match written {
                         Ok(n) if n > 0 => pump.sent(n),
@@ -275,6 +279,17 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Nothing of the client's is on its way: no command in flight but IDLE, nothing
+    /// waiting to go upstream, no response half-relayed. A BYE now costs the client
+    /// nothing but a new login.
+    fn quiet(&self) -> bool {
+        let idle = usize::from(self.state.idling.is_some());
+        self.state.in_flight() <= idle
+            && self.up_out.is_empty()
+            && self.listing.is_none()
+            && !self.scanner.mid_response()
     }
 
     /// When the session ends unless the client speaks: `login_timeout` after `started`

@@ -47,7 +47,8 @@ pub async fn run(
     // The recorder first: gauges set during start-up must not be lost.
     crate::metrics::handle();
     let dir = config.node.data_dir.join("journal");
-    let journal = crate::open_journal_at(dir, &config.journal).await?;
+    let lock_wait = std::time::Duration::from_secs(2);
+    let journal = crate::open_journal_at(dir, &config.journal, lock_wait).await?;
     // Compliance tools must not add records to a journal that mirrors the primary's.
     if let Err(err) = journal.set_meta(crate::compliance::ROLE_KEY, b"replica") {
         tracing::warn!(%err, "cannot mark the journal as a replica's");

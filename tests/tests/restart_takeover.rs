@@ -1,0 +1,177 @@
+//! `levee run --take-over` replaces a running levee (a new binary, in production) without
+//! refusing anyone: the SMTP transaction in progress finishes at the old process, which
+//! then says 421; a client that connects meanwhile waits and is served by the new one; an
+//! IMAP client in IDLE is told `BYE [UNAVAILABLE]`, logs in again at the new one and
+//! finds every message. Nothing acknowledged is lost or doubled.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use levee_tests::imap_load::{ImapClient, Security, show};
+use levee_tests::load::{SmtpSession, message};
+use levee_tests::{LeveeMode, Site, tail};
+
+const DURING: &str = "takeover-during@example.org";
+const MEANWHILE: &str = "takeover-meanwhile@example.org";
+
+/// A transaction left half-way through its body.
+struct Unfinished {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl Unfinished {
+    fn start(addr: SocketAddr, id: &str) -> Unfinished {
+        let writer = TcpStream::connect(addr).expect("SMTP to levee");
+        writer
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut t = Unfinished {
+            reader: BufReader::new(writer.try_clone().unwrap()),
+            writer,
+            rest: Vec::new(),
+        };
+        t.expect("220");
+        for (line, code) in [
+            ("EHLO client.example.org\r\n", "250 "),
+            ("MAIL FROM:<sender@example.org>\r\n", "250"),
+            ("RCPT TO:<alice@example.test>\r\n", "250"),
+            ("DATA\r\n", "354"),
+        ] {
+            t.writer.write_all(line.as_bytes()).unwrap();
+            t.expect(code);
+        }
+        let body = message(id, 4_000);
+        let (first, rest) = body.split_at(body.len() / 2);
+        t.writer.write_all(first).unwrap();
+        t.rest = rest.to_vec();
+        t
+    }
+
+    /// Reads lines up to the one starting with `code`; returns it.
+    fn expect(&mut self, code: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("an SMTP reply");
+            assert!(n > 0, "connection closed while waiting for {code}");
+            if line.starts_with(code) {
+                return line;
+            }
+            assert!(
+                line.as_bytes().get(3) == Some(&b'-'),
+                "expected {code}, got {line:?}"
+            );
+        }
+    }
+
+    fn finish(mut self) -> (String, String) {
+        self.writer.write_all(&self.rest).unwrap();
+        self.writer.write_all(b".\r\n").unwrap();
+        let verdict = self.expect("250");
+        // Between transactions the stopping process says goodbye.
+        let goodbye = self.expect("421");
+        (verdict, goodbye)
+    }
+}
+
+#[test]
+fn a_successor_takes_over_without_refusing_or_losing_anything() {
+    let mut site = Site::start_with("takeover", LeveeMode::Child, "");
+    let relay = site.levee.ports.relay;
+    let password = site.password("alice");
+    let tls = Security::tls(&site.cert_path()).expect("the site's CA");
+    let imaps = site.levee.ports.imaps;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut idler = rt.block_on(async {
+        let mut client = ImapClient::connect(imaps, &tls).await.expect("IMAP");
+        client.login("alice", &password).await.expect("LOGIN");
+        client.select("INBOX").await.expect("SELECT");
+        client.idle().await.expect("IDLE");
+        client
+    });
+    let unfinished = Unfinished::start(relay, DURING);
+
+    let log = site.levee.log_path.clone();
+    let levee = &mut site.levee;
+    let (stopped_in, meanwhile, verdict, goodbye, bye) = std::thread::scope(|s| {
+        let takeover = s.spawn(|| levee.take_over());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("shutdown requested")
+        {
+            assert!(Instant::now() < deadline, "the old levee was not stopped");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The old process no longer accepts: this client waits for the new one.
+        let meanwhile = s.spawn(move || {
+            let mut client = SmtpSession::connect(relay).expect("greeted by the successor");
+            client.send(
+                "sender@example.org",
+                "alice@example.test",
+                &message(MEANWHILE, 3_000),
+            )
+        });
+        let bye = rt.block_on(async {
+            let line = tokio::time::timeout(Duration::from_secs(20), idler.response()).await;
+            show(
+                &line
+                    .expect("BYE within 20 s")
+                    .expect("a line before the close"),
+            )
+        });
+        let (verdict, goodbye) = unfinished.finish();
+        let stopped_in = takeover.join().expect("take over");
+        let meanwhile = meanwhile.join().expect("the waiting client");
+        (stopped_in, meanwhile, verdict, goodbye, bye)
+    });
+    let context = || tail(&site.levee.log(), 40);
+    assert!(
+        bye.starts_with("* BYE [UNAVAILABLE]"),
+        "IMAP in IDLE: {bye}\n{}",
+        context()
+    );
+    assert!(verdict.contains("queued as L"), "{verdict}");
+    assert!(goodbye.starts_with("421 4.3.2"), "{goodbye}");
+    let (seq, _) = meanwhile.unwrap_or_else(|e| panic!("the waiting client: {e}\n{}", context()));
+    assert!(seq > 0);
+    eprintln!("the old levee stopped {stopped_in:?} after SIGTERM");
+
+    // Both messages are delivered once, and an IMAP client logs in at the new process.
+    let ids = [DURING.to_string(), MEANWHILE.to_string()];
+    site.wait_for_messages("alice", &ids, 30);
+    let listed = rt.block_on(async {
+        let mut client = ImapClient::connect(imaps, &tls).await.expect("IMAP again");
+        client.login("alice", &password).await.expect("LOGIN again");
+        client.select("INBOX").await.expect("SELECT again");
+        let reply = client
+            .ok("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            .await
+            .expect("FETCH");
+        reply.untagged.iter().map(|r| show(r)).collect::<String>()
+    });
+    for id in &ids {
+        assert_eq!(listed.matches(id.as_str()).count(), 1, "{id}: {listed}");
+    }
+    site.levee.stop();
+    let journaled: Vec<String> = site
+        .journal_records()
+        .iter()
+        .filter_map(|r| match &r.kind {
+            levee_journal::RecordKind::Message(m) => m.message_id.clone(),
+            _ => None,
+        })
+        .collect();
+    for id in &ids {
+        assert_eq!(
+            journaled.iter().filter(|j| *j == id).count(),
+            1,
+            "{journaled:?}"
+        );
+    }
+}
