@@ -175,3 +175,67 @@ fn a_successor_takes_over_without_refusing_or_losing_anything() {
         );
     }
 }
+
+/// A stopping levee answers an IMAP command in flight before its BYE: the client is never
+/// left without the completion of a command it sent.
+#[test]
+fn a_stopping_levee_says_bye_only_after_the_command_in_flight() {
+    let mut site = Site::start_with("stop-inflight", LeveeMode::Child, "");
+    let password = site.password("alice");
+    let tls = Security::tls(&site.cert_path()).expect("the site's CA");
+    let imaps = site.levee.ports.imaps;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut client = rt.block_on(async {
+        let mut client = ImapClient::connect(imaps, &tls).await.expect("IMAP");
+        client.login("alice", &password).await.expect("LOGIN");
+        client.select("INBOX").await.expect("SELECT");
+        // Once this is answered levee has settled into the session (its own look at the
+        // mailbox after SELECT included).
+        client.ok("NOOP").await.expect("NOOP");
+        client
+    });
+    // A slow server: the NOOP waits for it while levee is told to stop.
+    site.stack.freeze_dovecot().expect("SIGSTOP Dovecot");
+    let tag = rt.block_on(client.send("NOOP")).expect("send NOOP");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = site.levee.log_path.clone();
+    let (stack, levee) = (&mut site.stack, &mut site.levee);
+    let lines = std::thread::scope(|s| {
+        let stopping = s.spawn(|| levee.stop());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("shutdown requested")
+        {
+            assert!(Instant::now() < deadline, "levee was not stopped");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stack.thaw_dovecot().expect("SIGCONT Dovecot");
+        let lines = rt.block_on(async {
+            let mut lines = Vec::new();
+            while let Ok(Ok(line)) =
+                tokio::time::timeout(Duration::from_secs(20), client.response()).await
+            {
+                lines.push(show(&line));
+            }
+            lines
+        });
+        stopping.join().expect("levee stopped");
+        lines
+    });
+    let completed = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{tag} OK")));
+    let bye = lines
+        .iter()
+        .position(|l| l.starts_with("* BYE [UNAVAILABLE]"));
+    assert!(
+        matches!((completed, bye), (Some(c), Some(b)) if c < b),
+        "the NOOP's completion, then BYE: {lines:?}\n{}",
+        tail(&site.levee.log(), 30)
+    );
+}

@@ -115,6 +115,20 @@ impl MailStack {
             })
     }
 
+    /// Lets Dovecot go on after [`MailStack::freeze_dovecot`] (SIGCONT): a slow server.
+    pub fn thaw_dovecot(&mut self) -> Result<(), MailStackError> {
+        let daemon = self.dovecot.as_ref().ok_or(MailStackError::StopFailed {
+            daemon: "dovecot",
+            detail: "not running".into(),
+        })?;
+        daemon
+            .signal_all("CONT")
+            .map_err(|detail| MailStackError::StopFailed {
+                daemon: "dovecot",
+                detail,
+            })
+    }
+
     /// SIGKILLs Dovecot and all its processes (a simulated crash) and waits until IMAP and LMTP
     /// refuse connections. No-op if not running.
     pub fn kill_dovecot(&mut self) -> Result<(), MailStackError> {
