@@ -76,38 +76,57 @@ impl Unfinished {
     }
 }
 
-#[test]
-fn a_successor_takes_over_without_refusing_or_losing_anything() {
-    let mut site = Site::start_with("takeover", LeveeMode::Child, "");
-    let relay = site.levee.ports.relay;
-    let password = site.password("alice");
+/// A site with levee as a child, a runtime for IMAP clients, and alice's session at it:
+/// logged in, INBOX selected, and one NOOP answered (levee's own look at the mailbox after
+/// SELECT is done by then).
+fn site_with_session(name: &str) -> (Site, tokio::runtime::Runtime, ImapClient, Security) {
+    let site = Site::start_with(name, LeveeMode::Child, "");
     let tls = Security::tls(&site.cert_path()).expect("the site's CA");
-    let imaps = site.levee.ports.imaps;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut idler = rt.block_on(async {
-        let mut client = ImapClient::connect(imaps, &tls).await.expect("IMAP");
-        client.login("alice", &password).await.expect("LOGIN");
-        client.select("INBOX").await.expect("SELECT");
-        client.idle().await.expect("IDLE");
-        client
-    });
+    let client = rt.block_on(log_in(&site, &tls));
+    (site, rt, client, tls)
+}
+
+async fn log_in(site: &Site, tls: &Security) -> ImapClient {
+    let mut client = ImapClient::connect(site.levee.ports.imaps, tls)
+        .await
+        .expect("IMAP to levee");
+    client
+        .login("alice", &site.password("alice"))
+        .await
+        .expect("LOGIN");
+    client.select("INBOX").await.expect("SELECT");
+    client.ok("NOOP").await.expect("NOOP");
+    client
+}
+
+/// Waits until levee's log says it was told to stop.
+fn wait_stopping(log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("shutdown requested")
+    {
+        assert!(Instant::now() < deadline, "levee was not told to stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_successor_takes_over_without_refusing_or_losing_anything() {
+    let (mut site, rt, mut idler, tls) = site_with_session("takeover");
+    rt.block_on(idler.idle()).expect("IDLE");
+    let relay = site.levee.ports.relay;
     let unfinished = Unfinished::start(relay, DURING);
 
     let log = site.levee.log_path.clone();
     let levee = &mut site.levee;
     let (stopped_in, meanwhile, verdict, goodbye, bye) = std::thread::scope(|s| {
         let takeover = s.spawn(|| levee.take_over());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("shutdown requested")
-        {
-            assert!(Instant::now() < deadline, "the old levee was not stopped");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_stopping(&log);
         // The old process no longer accepts: this client waits for the new one.
         let meanwhile = s.spawn(move || {
             let mut client = SmtpSession::connect(relay).expect("greeted by the successor");
@@ -146,9 +165,7 @@ fn a_successor_takes_over_without_refusing_or_losing_anything() {
     let ids = [DURING.to_string(), MEANWHILE.to_string()];
     site.wait_for_messages("alice", &ids, 30);
     let listed = rt.block_on(async {
-        let mut client = ImapClient::connect(imaps, &tls).await.expect("IMAP again");
-        client.login("alice", &password).await.expect("LOGIN again");
-        client.select("INBOX").await.expect("SELECT again");
+        let mut client = log_in(&site, &tls).await;
         let reply = client
             .ok("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
             .await
@@ -180,23 +197,7 @@ fn a_successor_takes_over_without_refusing_or_losing_anything() {
 /// left without the completion of a command it sent.
 #[test]
 fn a_stopping_levee_says_bye_only_after_the_command_in_flight() {
-    let mut site = Site::start_with("stop-inflight", LeveeMode::Child, "");
-    let password = site.password("alice");
-    let tls = Security::tls(&site.cert_path()).expect("the site's CA");
-    let imaps = site.levee.ports.imaps;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut client = rt.block_on(async {
-        let mut client = ImapClient::connect(imaps, &tls).await.expect("IMAP");
-        client.login("alice", &password).await.expect("LOGIN");
-        client.select("INBOX").await.expect("SELECT");
-        // Once this is answered levee has settled into the session (its own look at the
-        // mailbox after SELECT included).
-        client.ok("NOOP").await.expect("NOOP");
-        client
-    });
+    let (mut site, rt, mut client, _) = site_with_session("stop-inflight");
     // A slow server: the NOOP waits for it while levee is told to stop.
     site.stack.freeze_dovecot().expect("SIGSTOP Dovecot");
     let tag = rt.block_on(client.send("NOOP")).expect("send NOOP");
@@ -205,14 +206,7 @@ fn a_stopping_levee_says_bye_only_after_the_command_in_flight() {
     let (stack, levee) = (&mut site.stack, &mut site.levee);
     let lines = std::thread::scope(|s| {
         let stopping = s.spawn(|| levee.stop());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("shutdown requested")
-        {
-            assert!(Instant::now() < deadline, "levee was not stopped");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_stopping(&log);
         std::thread::sleep(Duration::from_millis(500));
         stack.thaw_dovecot().expect("SIGCONT Dovecot");
         let lines = rt.block_on(async {
