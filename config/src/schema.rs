@@ -187,6 +187,11 @@ pub struct Smtp {
     /// How long sessions may finish their transaction after shutdown begins.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A message sent again within this time (same Message-ID, envelope and bytes: a
+    /// client that lost the reply to its final dot) is answered 250 with the first
+    /// record's id and neither journaled nor delivered again. 0 turns this off.
+    #[serde(with = "humantime_serde")]
+    pub resend_window: Duration,
 }
 
 impl Default for Smtp {
@@ -209,6 +214,8 @@ impl Default for Smtp {
             upstream_pool: 32,
             upstream_idle: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
+            // As long as an MTA keeps a message queued (Postfix: maximal_queue_lifetime).
+            resend_window: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }

@@ -17,6 +17,7 @@ pub const MESSAGES_ACCEPTED: &str = "levee_messages_accepted_total";
 pub const MESSAGES_DELIVERED: &str = "levee_messages_delivered_total";
 pub const MESSAGES_DEFERRED: &str = "levee_messages_deferred_total";
 pub const MESSAGES_REFUSED: &str = "levee_messages_refused_total";
+pub const MESSAGES_RESENT: &str = "levee_messages_resent_total";
 pub const MESSAGES_FAILED: &str = "levee_messages_failed_total";
 pub const MESSAGE_BYTES: &str = "levee_message_bytes_total";
 pub const UPSTREAM_FAILURES: &str = "levee_upstream_failures_total";
@@ -50,6 +51,10 @@ fn describe() {
         "Messages kept for a later delivery attempt"
     );
     describe_counter!(MESSAGES_REFUSED, "Messages refused, by reason");
+    describe_counter!(
+        MESSAGES_RESENT,
+        "Messages sent again by a client that lost the reply, answered with the first record"
+    );
     describe_counter!(
         MESSAGES_FAILED,
         "Messages given up on after retries or a 5xx on retry"

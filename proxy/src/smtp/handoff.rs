@@ -14,6 +14,7 @@ use levee_journal::{
 };
 
 use super::reply::{self, Reply};
+use super::resend;
 use super::route::{self, BY_APPLIER};
 use super::session::Session;
 use super::transaction::{Transaction, message_id, now_ms};
@@ -54,6 +55,27 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return reply::NEED_MAIL;
         };
+        let message_id = message_id(&body);
+        let sent = resend::Sent {
+            message_id: message_id.as_deref(),
+            mail_from: &tx.mail_from,
+            rcpts: &tx.rcpts,
+            body: &body,
+        };
+        let window = self.shared.config.smtp.resend_window;
+        if let Some(seq) = resend::earlier_copy(&self.shared.journal, window, &sent, now_ms()) {
+            self.reset_upstream().await;
+            metrics::counter!(m::MESSAGES_RESENT).increment(1);
+            tracing::info!(
+                seq,
+                "the same message again (its client lost the reply): answered with its record, not journaled again"
+            );
+            return Reply::owned(
+                250,
+                [2, 0, 0],
+                format!("Ok: queued as L{seq} (already received)"),
+            );
+        }
         let size = body.len();
         let client = self.client_info();
         let plan = self.plan(&tx);
@@ -63,7 +85,7 @@ impl Session {
                 mail_from: tx.mail_from.clone(),
                 rcpt_to: tx.rcpts.clone(),
                 client: client.clone(),
-                message_id: message_id(&body),
+                message_id,
                 // The journal consumes its copy; ours goes upstream.
                 body: body.clone(),
             }),

@@ -10,6 +10,7 @@ pub mod envelope;
 mod handoff;
 pub mod pool;
 pub mod reply;
+mod resend;
 pub mod route;
 pub mod session;
 mod transaction;
