@@ -4,7 +4,9 @@
 Each thread keeps one connection and sends messages with distinct Message-IDs. As soon as
 the server answers 250 to a message's final dot, "ACK <message-id>" is printed and flushed,
 so a test that kills the server mid-run knows exactly which messages were acknowledged.
-A thread whose connection fails reconnects until --seconds have passed since it started.
+A thread whose connection fails reconnects until --seconds have passed since it started;
+with --resend N it first sends the message that got no 250 again, up to N times, under
+the same Message-ID, as an MTA would.
 Ends with one line: "DONE acked=N errors=M".
 """
 
@@ -35,6 +37,7 @@ def message(mid, rcpt, size):
 def worker(args, tid, deadline):
     sent = 0
     smtp = None
+    tries = 0
     while sent < args.count and time.time() < deadline:
         mid = f"{args.prefix}-{tid}-{sent}@example.org"
         try:
@@ -46,14 +49,21 @@ def worker(args, tid, deadline):
             with lock:
                 counts["acked"] += 1
             sent += 1
+            tries = 0
             time.sleep(args.pause)
         except (OSError, smtplib.SMTPException) as e:
+            smtp = None
+            tries += 1
+            if tries <= args.resend:
+                # As an MTA does: the same message again, on a new connection.
+                time.sleep(0.2)
+                continue
             with lock:
                 counts["errors"] += 1
             reason = " ".join(str(e).split())[:160]
             emit(f"ERR {mid} {type(e).__name__}: {reason}")
-            smtp = None
-            sent += 1  # a refused or cut message is not retried under the same id
+            sent += 1
+            tries = 0
             time.sleep(0.05)
 
 
@@ -68,6 +78,12 @@ def main():
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--pause", type=float, default=0.0, help="seconds between a thread's messages")
+    ap.add_argument(
+        "--resend",
+        type=int,
+        default=0,
+        help="times a message that got no 250 is sent again (same Message-ID) before it counts as an error",
+    )
     args = ap.parse_args()
     deadline = time.time() + args.seconds
     threads = [threading.Thread(target=worker, args=(args, t, deadline)) for t in range(args.threads)]

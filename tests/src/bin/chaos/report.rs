@@ -82,8 +82,9 @@ pub struct Report {
     /// INBOX twice: Dovecot, killed, saved a copy without confirming it and Postfix
     /// delivered again (see `explain::handed_over`). Reported, not counted against levee.
     pub doubled_by_mail_server: Vec<String>,
-    /// Messages journaled although their sender saw no 250 (levee died between its fsync
-    /// and the reply): delivered, and the sender's retry would bring a second copy.
+    /// Messages journaled although their sender saw no 250, even after sending them
+    /// again (levee died between its fsync and the reply each time, or the load ended
+    /// between two tries): delivered, and an MTA's next try would get 250 for them.
     pub journaled_unacknowledged: usize,
     pub journal_records: u64,
     pub primary_chain_intact: bool,
@@ -172,7 +173,7 @@ impl Report {
                 self.doubled_by_mail_server.len().to_string(),
             ),
             (
-                "journaled although the sender saw no 250",
+                "journaled although the sender never saw 250",
                 self.journaled_unacknowledged.to_string(),
             ),
             ("journal records", self.journal_records.to_string()),
