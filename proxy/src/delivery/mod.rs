@@ -238,8 +238,11 @@ fn settle(
     if matches!(outcome, Attempt::Unconfirmed(_)) {
         unconfirmed::mark(journal, seq);
     }
+    // Left to the replica's applier, the record goes on the primary's resync list, which
+    // still has to wait for a copy the primary's MTA may hold.
+    let settled_at_primary = !matches!(outcome, Attempt::Applier);
     let new_state = next_state(config, &old, received_ms, outcome, seq);
-    if !new_state.status.is_open() {
+    if !new_state.status.is_open() && settled_at_primary {
         unconfirmed::done(journal, seq);
     }
     if new_state.status == DeliveryStatus::Deferred {
