@@ -47,6 +47,8 @@ const BACK_SETTLE: Duration = Duration::from_secs(6);
 const BATCH: usize = 64;
 /// Longest wait between two tries while the primary does not take mail.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The shortest time a search of the primary's mailboxes is given.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the list is looked at when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(5);
 /// Shortest time between two looks for copies the primary's MTA may still deliver.
@@ -63,7 +65,10 @@ pub(crate) fn primary_master(config: &Config) -> Option<Dedupe> {
     ) else {
         return None;
     };
-    match Dedupe::for_server(imap, user, file, config.imap.connect_timeout) {
+    // A header search reads every message of an INBOX that has no index for it: a large
+    // one on a busy server takes longer than a login.
+    let timeout = config.imap.connect_timeout.max(SEARCH_TIMEOUT);
+    match Dedupe::for_server(imap, user, file, timeout) {
         Ok(master) => Some(master),
         Err(err) => {
             tracing::error!(%err, "levee cannot log in to the primary's IMAP server as its master user");
@@ -344,7 +349,18 @@ impl Worker {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
         if let (true, Some(master)) = (unsure, &self.master) {
-            rcpts = found::lacking(master, &self.config, &due, &rcpts).await;
+            rcpts = match found::lacking_known(master, &self.config, &due, &rcpts).await {
+                Ok(lacking) => lacking,
+                Err(why) if found::may_look_again(&self.config, &self.routes) => {
+                    // Looked at again on the next pass (the head after it is unsure again).
+                    self.unsure_left.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Copied::Retry(why));
+                }
+                Err(why) => {
+                    tracing::warn!(seq, %why, "copying to the primary anyway; it may arrive twice");
+                    rcpts
+                }
+            };
             if rcpts.is_empty() {
                 return Ok(Copied::Delivered);
             }
@@ -368,7 +384,9 @@ impl Worker {
                 unconfirmed::mark(&self.journal, seq);
                 Copied::Retry(why)
             }
-            Attempt::Temporary(why) | Attempt::Unreachable(why) => Copied::Retry(why),
+            Attempt::Temporary(why) | Attempt::Unreachable(why) | Attempt::LookAgain(why) => {
+                Copied::Retry(why)
+            }
             Attempt::Applier | Attempt::Found => Copied::Nothing,
         }
     }

@@ -60,6 +60,8 @@ pub(crate) enum Attempt {
     /// The connection broke after the final dot, before the verdict: the MTA may hold the
     /// message (see [`unconfirmed`]). Retried like a temporary failure.
     Unconfirmed(String),
+    /// The look for an earlier copy failed: retried like a temporary failure, looking again.
+    LookAgain(String),
 }
 
 /// One journaled message to deliver, with what its trace header names.
@@ -186,7 +188,7 @@ async fn deliver_due(
         };
         while running.len() >= config.delivery.workers {
             if let Some(done) = running.join_next().await {
-                unreachable |= settle(journal, config, done, &mut next_due)?;
+                unreachable |= settle(journal, config, done, (&mut next_due, tried))?;
             }
         }
         let (config, routes) = (config.clone(), routes.clone());
@@ -206,7 +208,7 @@ async fn deliver_due(
         });
     }
     while let Some(done) = running.join_next().await {
-        settle(journal, config, done, &mut next_due)?;
+        settle(journal, config, done, (&mut next_due, tried))?;
     }
     // Records no longer queued are not tried again.
     if tried.len() > 2 * queue_len.max(1024) {
@@ -228,13 +230,17 @@ fn settle(
     journal: &Journal,
     config: &Config,
     done: Result<Finished, tokio::task::JoinError>,
-    next_due: &mut NextDue,
+    (next_due, tried): (&mut NextDue, &mut HashSet<Seq>),
 ) -> Result<bool, levee_journal::JournalError> {
     let Ok((seq, old, received_ms, outcome)) = done else {
         tracing::error!("delivery attempt panicked; the message stays queued");
         return Ok(false);
     };
     let unreachable = matches!(outcome, Attempt::Unreachable(_));
+    if matches!(outcome, Attempt::LookAgain(_)) {
+        // The next attempt looks for the earlier copy again.
+        tried.remove(&seq);
+    }
     if matches!(outcome, Attempt::Unconfirmed(_)) {
         unconfirmed::mark(journal, seq);
     }
@@ -292,7 +298,10 @@ fn next_state(
             tracing::error!(seq, reply = %reply, "deferred message refused permanently");
             (DeliveryStatus::Failed, reply.summary())
         }
-        Attempt::Temporary(why) | Attempt::Unreachable(why) | Attempt::Unconfirmed(why) => {
+        Attempt::Temporary(why)
+        | Attempt::Unreachable(why)
+        | Attempt::Unconfirmed(why)
+        | Attempt::LookAgain(why) => {
             let age = Duration::from_millis(now.saturating_sub(received_ms));
             if age > config.delivery.max_age {
                 metrics::counter!(m::MESSAGES_FAILED).increment(1);
@@ -358,7 +367,14 @@ async fn attempt(
         }
     }
     if let (Backend::Primary, Some(check), true) = (backend, check, look) {
-        rcpts = found::lacking(check, config, due, &rcpts).await;
+        rcpts = match found::lacking_known(check, config, due, &rcpts).await {
+            Ok(lacking) => lacking,
+            Err(why) if found::may_look_again(config, routes) => return Attempt::LookAgain(why),
+            Err(why) => {
+                tracing::warn!(seq = due.seq, %why, "delivering anyway; it may arrive twice");
+                rcpts
+            }
+        };
         if rcpts.is_empty() {
             return Attempt::Found;
         }

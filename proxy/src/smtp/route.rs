@@ -47,12 +47,14 @@ impl Routes {
         Routes {
             config,
             failover,
-            primary_failed_ms: Arc::default(),
+            // What happened to the primary before levee started is not known.
+            primary_failed_ms: Arc::new(AtomicU64::new(now_ms())),
         }
     }
 
     /// Since when the primary has been answering (ms since the Unix epoch): the last time
-    /// a connection to its MTA failed, or now while its health probes find it down.
+    /// a connection to its MTA failed (or levee started), or now while its health probes
+    /// find it down.
     pub fn primary_answering_since_ms(&self) -> u64 {
         let probed_down =
             (self.failover.as_ref()).is_some_and(|f| f.health().primary_ok == Some(false));
