@@ -103,14 +103,14 @@ async fn log_in(site: &Site, tls: &Security) -> ImapClient {
     client
 }
 
-/// Waits until levee's log says it was told to stop.
-fn wait_stopping(log: &std::path::Path) {
+/// Waits until levee's log has a line containing `what`.
+fn wait_for(log: &std::path::Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(log)
         .unwrap_or_default()
-        .contains("shutdown requested")
+        .contains(what)
     {
-        assert!(Instant::now() < deadline, "levee was not told to stop");
+        assert!(Instant::now() < deadline, "levee never logged {what:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -126,7 +126,8 @@ fn a_successor_takes_over_without_refusing_or_losing_anything() {
     let levee = &mut site.levee;
     let (stopped_in, meanwhile, verdict, goodbye, bye) = std::thread::scope(|s| {
         let takeover = s.spawn(|| levee.take_over());
-        wait_stopping(&log);
+        // Once the old process has closed its listener, new clients reach the successor.
+        wait_for(&log, &format!("no longer accepting listener=relay@{relay}"));
         // The old process no longer accepts: this client waits for the new one.
         let meanwhile = s.spawn(move || {
             let mut client = SmtpSession::connect(relay).expect("greeted by the successor");
@@ -206,7 +207,7 @@ fn a_stopping_levee_says_bye_only_after_the_command_in_flight() {
     let (stack, levee) = (&mut site.stack, &mut site.levee);
     let lines = std::thread::scope(|s| {
         let stopping = s.spawn(|| levee.stop());
-        wait_stopping(&log);
+        wait_for(&log, "shutdown requested");
         std::thread::sleep(Duration::from_millis(500));
         stack.thaw_dovecot().expect("SIGCONT Dovecot");
         let lines = rt.block_on(async {

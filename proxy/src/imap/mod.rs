@@ -108,6 +108,7 @@ pub async fn serve_listener(
         listen::spawn_session(&mut sessions, permit, "imap", span, session);
     }
     drop(listener);
+    tracing::info!(listener = %spec.addr, "no longer accepting IMAP");
     // Each session says BYE once its commands in flight are answered: the SMTP grace
     // bounds that too.
     listen::finish(sessions, shared.config.smtp.shutdown_grace).await;

@@ -97,6 +97,7 @@ pub async fn serve_listener(
         listen::spawn_session(&mut sessions, permit, "smtp", span, session);
     }
     drop(listener);
+    tracing::info!(listener = %info.name, "no longer accepting");
     listen::finish(sessions, shared.config.smtp.shutdown_grace).await;
 }
 
