@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use levee_journal::{Journal, RecordKind, Seq};
+use levee_journal::{DeliveryStatus, Journal, RecordKind, Seq};
 
 /// Records looked at per resend check (the newest with that Message-ID first).
 const CANDIDATES: usize = 16;
@@ -45,13 +45,16 @@ pub(super) fn earlier_copy(
         if record.time_ms < since {
             break;
         }
+        // A copy the mail server refused outright was refused to its client too: that
+        // client was told no, and its new try is a message of its own.
+        let refused = journal
+            .state(seq)
+            .ok()
+            .flatten()
+            .is_some_and(|state| state.status == DeliveryStatus::Rejected);
         if let RecordKind::Message(earlier) = &record.kind
-            && same(
-                earlier.mail_from.as_str(),
-                &earlier.rcpt_to,
-                &earlier.body,
-                sent,
-            )
+            && !refused
+            && same(&earlier.mail_from, &earlier.rcpt_to, &earlier.body, sent)
         {
             return Some(seq);
         }
@@ -76,6 +79,47 @@ fn same(mail_from: &str, rcpts: &[String], body: &[u8], sent: &Sent<'_>) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use levee_journal::{DeliveryState, JournalOptions, MessageRecord, NewRecord};
+
+    #[tokio::test]
+    async fn a_copy_its_client_was_refused_is_no_earlier_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), JournalOptions::default()).unwrap();
+        let rcpts = vec!["alice@example.test".to_string()];
+        let body = b"Message-ID: <r@x>\r\n\r\nhi\r\n".to_vec();
+        let record = NewRecord {
+            time_ms: 1_000_000,
+            kind: RecordKind::Message(MessageRecord {
+                mail_from: "s@x.org".into(),
+                rcpt_to: rcpts.clone(),
+                client: Default::default(),
+                message_id: Some("r@x".into()),
+                body: body.clone(),
+            }),
+        };
+        let seq = journal.append(record).await.unwrap().seq;
+        let again = Sent {
+            message_id: Some("r@x"),
+            mail_from: "s@x.org",
+            rcpts: &rcpts,
+            body: &body,
+        };
+        let window = Duration::from_secs(60);
+        assert_eq!(earlier_copy(&journal, window, &again, 1_000_500), Some(seq));
+        // Past the window, or with the window off, it is a message of its own.
+        assert_eq!(
+            earlier_copy(&journal, window, &again, 1_000_000 + 61_000),
+            None
+        );
+        assert_eq!(
+            earlier_copy(&journal, Duration::ZERO, &again, 1_000_500),
+            None
+        );
+        let mut refused = DeliveryState::pending(1_000_100);
+        refused.status = DeliveryStatus::Rejected;
+        journal.set_state(seq, &refused).unwrap();
+        assert_eq!(earlier_copy(&journal, window, &again, 1_000_500), None);
+    }
 
     fn sent<'a>(from: &'a str, rcpts: &'a [String], body: &'a [u8]) -> Sent<'a> {
         Sent {
