@@ -12,7 +12,7 @@
 
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
-use super::uidmap::{Translation, ordered, runs, set_of, value};
+use super::uidmap::{Translation, merged, ordered, runs, set_of, value};
 
 /// Both orders of the messages a session's SELECT found on the replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +94,9 @@ impl SeqMap {
             return set.clone();
         }
         let listed = self.listed();
-        let mut singles = Vec::new();
+        // The listed messages the set names, as ranges first: a client's set may repeat
+        // a range many times, but no message is mapped more than once.
+        let mut regions: Vec<(u32, u32)> = Vec::new();
         let mut out = Vec::new();
         for sequence in set.0.as_ref() {
             let (low, high) = match *sequence {
@@ -111,13 +113,17 @@ impl SeqMap {
                 // All of the listed messages: the same ones under either numbering.
                 out.push(Sequence::Range(value(1), value(listed)));
             } else if low <= region_high {
-                singles.extend((low..=region_high).map(|i| self.to_server(i)));
+                regions.push((low, region_high));
             }
             let tail_low = low.max(listed + 1);
             if tail_low <= high {
                 out.push(Sequence::Range(value(tail_low), value(high)));
             }
         }
+        let singles = merged(regions)
+            .into_iter()
+            .flat_map(|(low, high)| (low..=high).map(|i| self.to_server(i)))
+            .collect();
         out.extend(runs(singles));
         set_of(out)
     }
@@ -193,13 +199,9 @@ impl SeqMap {
         for pair in words.windows(2) {
             if pair[0].eq_ignore_ascii_case("ALL")
                 && let Ok(set) = SequenceSet::try_from(pair[1])
+                && let Some(numbers) = expand(&set, self.exists as usize)
             {
-                all = Some(
-                    expand(&set)
-                        .into_iter()
-                        .map(|j| self.to_client(j))
-                        .collect(),
-                );
+                all = Some(numbers.into_iter().map(|j| self.to_client(j)).collect());
             }
         }
         let mut out: Vec<String> = Vec::new();
@@ -226,9 +228,26 @@ impl SeqMap {
     }
 }
 
-/// The numbers of a set without `*` (a server's answer names its messages).
-pub fn expand(set: &SequenceSet) -> Vec<u32> {
-    let mut out = Vec::new();
+/// The most messages a listing may name (a mailbox larger than this is not mapped).
+const MAX_LISTED: usize = 10_000_000;
+
+/// The numbers of a set without `*` (a server's answer names its messages), or `None` when
+/// it names more than `max` (no more than the mailbox holds: a larger set is a broken
+/// answer, and spelling it out could take all memory).
+pub fn expand(set: &SequenceSet, max: usize) -> Option<Vec<u32>> {
+    let mut count = 0usize;
+    for sequence in set.0.as_ref() {
+        count += match *sequence {
+            Sequence::Range(SeqOrUid::Value(a), SeqOrUid::Value(b)) => {
+                a.get().abs_diff(b.get()) as usize + 1
+            }
+            _ => 1,
+        };
+        if count > max {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(count);
     for sequence in set.0.as_ref() {
         match *sequence {
             Sequence::Single(SeqOrUid::Value(v)) => out.push(v.get()),
@@ -238,7 +257,7 @@ pub fn expand(set: &SequenceSet) -> Vec<u32> {
             _ => {}
         }
     }
-    out
+    Some(out)
 }
 
 /// Numbers as a compact set (`1:3,7`).
@@ -271,7 +290,10 @@ pub fn listed_uids(line: &[u8], tag: &str) -> Option<Vec<u32>> {
         .windows(2)
         .find(|pair| pair[0].eq_ignore_ascii_case("ALL"))
         .and_then(|pair| SequenceSet::try_from(pair[1]).ok());
-    Some(all.map(|set| expand(&set)).unwrap_or_default())
+    match all {
+        Some(set) => expand(&set, MAX_LISTED),
+        None => Some(Vec::new()),
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ fn set(text: &str) -> SequenceSet {
 }
 
 fn numbers(set: &SequenceSet) -> Vec<u32> {
-    let mut out = expand(set);
+    let mut out = expand(set, 1000).expect("a small set");
     out.sort_unstable();
     out
 }
@@ -141,4 +141,27 @@ fn the_listing_is_read_from_its_esearch_line() {
         None
     );
     assert_eq!(listed_uids(b"* 3 EXISTS\r\n", "levee.list"), None);
+}
+
+#[test]
+fn a_set_larger_than_the_mailbox_is_not_spelled_out() {
+    assert_eq!(expand(&set("1:3,7"), 4), Some(vec![1, 2, 3, 7]));
+    assert_eq!(expand(&set("1:3,7"), 3), None);
+    // What a broken server might answer: four billion numbers would take 16 GB.
+    assert_eq!(expand(&set("1:4294967295"), 10_000_000), None);
+    let line = b"* ESEARCH (TAG \"levee.list\") UID ALL 1:3333333332,4,6\r\n";
+    assert_eq!(listed_uids(line, "levee.list"), None);
+}
+
+#[test]
+fn a_set_naming_messages_many_times_maps_each_once() {
+    let t = translation();
+    let map = SeqMap::new(&t, &[1, 2, 3, 4, 5], 5).expect("orders differ");
+    let repeated = vec!["2:4"; 5_000].join(",");
+    let mapped = map.set_to_server(&set(&repeated));
+    assert_eq!(numbers(&mapped), vec![1, 3, 4]);
+    assert_eq!(
+        numbers(&map.set_to_server(&set("2:3,3:4,1"))),
+        vec![1, 2, 3, 4]
+    );
 }

@@ -157,6 +157,7 @@ impl Translation {
     /// A set of presented UIDs as the replica's UIDs.
     pub fn to_replica(&self, set: &SequenceSet) -> SequenceSet {
         let mut singles = Vec::new();
+        let mut ranges = Vec::new();
         let mut out = Vec::new();
         for sequence in set.0.as_ref() {
             match *sequence {
@@ -164,8 +165,7 @@ impl Translation {
                 Sequence::Single(SeqOrUid::Value(v)) => singles.extend(self.exact_replica(v.get())),
                 Sequence::Range(a, b) => {
                     let (low, high) = ordered(a, b);
-                    let explicit_high = high.unwrap_or(u32::MAX);
-                    singles.extend(self.p2r.range(low..=explicit_high).map(|(_, &r)| r));
+                    ranges.push((low, high.unwrap_or(u32::MAX)));
                     // The part above the listed messages, shifted back.
                     let tail_low = (i64::from(low) - self.offset).max(i64::from(self.last_r) + 1);
                     let tail_low = u32::try_from(tail_low).unwrap_or(u32::MAX);
@@ -181,6 +181,9 @@ impl Translation {
                     }
                 }
             }
+        }
+        for (low, high) in merged(ranges) {
+            singles.extend(self.p2r.range(low..=high).map(|(_, &r)| r));
         }
         out.extend(runs(singles));
         set_of(out)
@@ -231,6 +234,20 @@ impl Translation {
             .then(|| u32::try_from(tail).ok())
             .flatten()
     }
+}
+
+/// Inclusive ranges as the fewest that cover the same numbers: a client's set may name
+/// one range many times, and each number is looked up once.
+pub fn merged(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (low, high) in ranges {
+        match out.last_mut() {
+            Some(last) if low <= last.1.saturating_add(1) => last.1 = last.1.max(high),
+            _ => out.push((low, high)),
+        }
+    }
+    out
 }
 
 /// Sorted, deduplicated values as ranges of consecutive numbers.

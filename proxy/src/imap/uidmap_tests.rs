@@ -183,3 +183,14 @@ fn a_translation_presents_a_catalogue_and_knows_when_it_changes_nothing() {
         (vec![11], vec![2])
     );
 }
+
+#[test]
+fn ranges_named_many_times_are_looked_up_once() {
+    assert_eq!(
+        merged(vec![(5, 9), (1, 3), (2, 6), (11, 12)]),
+        vec![(1, 9), (11, 12)]
+    );
+    assert_eq!(merged(vec![(1, 3), (4, 4)]), vec![(1, 4)]);
+    assert_eq!(merged(vec![(7, u32::MAX); 3]), vec![(7, u32::MAX)]);
+    assert_eq!(merged(Vec::new()), Vec::new());
+}
