@@ -78,7 +78,7 @@ async fn look<'a>(
     rcpts: &[&'a str],
 ) -> Vec<(&'a str, Option<bool>)> {
     let id = trace_id(due.seq, &due.chain);
-    let Some(criteria) = search_criteria(&id, due.accepted_ms) else {
+    let Some(criteria) = search_criteria(&id, due.accepted_ms, crate::smtp::now_ms()) else {
         return rcpts.iter().map(|&r| (r, Some(false))).collect();
     };
     let mut out = Vec::with_capacity(rcpts.len());

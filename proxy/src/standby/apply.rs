@@ -331,7 +331,8 @@ impl Applier {
             if Instant::now() < since + SETTLE {
                 return Step::NotBefore(since + SETTLE);
             }
-            let Some(criteria) = dedupe::search_criteria(&id, record.time_ms) else {
+            let now_ms = crate::smtp::now_ms();
+            let Some(criteria) = dedupe::search_criteria(&id, record.time_ms, now_ms) else {
                 return Step::Retry(format!("no search for trace id {id}"));
             };
             let current = self.current.as_mut().expect("set above");

@@ -19,8 +19,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use levee_config::Apply;
-use time::OffsetDateTime;
-use time::macros::format_description;
 
 use super::imap_client::{ImapError, Session};
 use super::imap_wire::quoted;
@@ -30,25 +28,25 @@ use super::imap_wire::quoted;
 pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The search looks at messages received from this long before the record was journaled:
-/// the copy arrived after that, and the margin covers time zones and clock skew between the
-/// primary and the standby. It keeps the header search off years of old mail.
-const SINCE_MARGIN: Duration = Duration::from_secs(2 * 24 * 3600);
+/// the copy arrived after that, and the margin covers clock skew between levee and the
+/// mail server (and the server's own time to deliver).
+const CLOCK_MARGIN: Duration = Duration::from_secs(3600);
 
 // The header and its id are shared with the SMTP path, whose copies carry the same id.
 pub use crate::trace::{received_header, trace_id};
 
 /// The `UID SEARCH` criteria that find the copy with `id` of a record journaled at
-/// `time_ms`.
-pub fn search_criteria(id: &str, time_ms: u64) -> Option<String> {
-    let since_ms = time_ms.saturating_sub(SINCE_MARGIN.as_millis() as u64);
-    let since = OffsetDateTime::from_unix_timestamp((since_ms / 1000) as i64)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let date = since
-        .format(format_description!(
-            "[day padding:none]-[month repr:short]-[year]"
-        ))
-        .ok()?;
-    Some(format!("SINCE {date} HEADER Received {}", quoted(id)?))
+/// `time_ms`, looked for at `now_ms`: only messages the server received since then (with
+/// a margin for the sites' clocks), `YOUNGER` (RFC 5032), which a server decides from its
+/// index, before the header, which it must read each message for. An INBOX of tens of
+/// thousands of messages is otherwise read whole, for many seconds.
+pub fn search_criteria(id: &str, time_ms: u64, now_ms: u64) -> Option<String> {
+    let age = Duration::from_millis(now_ms.saturating_sub(time_ms)) + CLOCK_MARGIN;
+    Some(format!(
+        "YOUNGER {} HEADER Received {}",
+        age.as_secs(),
+        quoted(id)?
+    ))
 }
 
 /// A password read from a file; shown as `<redacted>` in every `Debug`.
@@ -160,12 +158,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn search_looks_back_two_days_for_the_quoted_id() {
-        // 2023-11-14 22:13:20 UTC.
-        let criteria = search_criteria("L7.00ff", 1_700_000_000_000).unwrap();
-        assert_eq!(criteria, "SINCE 12-Nov-2023 HEADER Received \"L7.00ff\"");
-        let criteria = search_criteria("L1.00", 1000).unwrap();
-        assert_eq!(criteria, "SINCE 1-Jan-1970 HEADER Received \"L1.00\"");
+    fn search_looks_at_mail_received_since_the_record_with_an_hour_to_spare() {
+        let criteria = search_criteria("L7.00ff", 1_700_000_000_000, 1_700_000_090_500).unwrap();
+        assert_eq!(criteria, "YOUNGER 3690 HEADER Received \"L7.00ff\"");
+        // A clock that went back still looks an hour around the record.
+        let criteria = search_criteria("L1.00", 5_000, 1_000).unwrap();
+        assert_eq!(criteria, "YOUNGER 3600 HEADER Received \"L1.00\"");
     }
 
     #[test]
