@@ -246,11 +246,13 @@ impl Session {
     /// Nothing is half-way between client and server: no command in flight but IDLE, no
     /// bytes waiting to go upstream, no message half-read from the client.
     pub(super) fn can_migrate(&self) -> bool {
+        self.nothing_in_flight() && !self.framer.mid_message()
+    }
+
+    /// No command in flight but IDLE, no bytes waiting to go upstream, no listing.
+    pub(super) fn nothing_in_flight(&self) -> bool {
         let idle = usize::from(self.state.idling.is_some());
-        self.state.in_flight() <= idle
-            && self.up_out.is_empty()
-            && !self.framer.mid_message()
-            && self.listing.is_none()
+        self.state.in_flight() <= idle && self.up_out.is_empty() && self.listing.is_none()
     }
 
     /// Moves the session to the active backend (planned: nothing in flight).

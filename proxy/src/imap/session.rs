@@ -285,11 +285,7 @@ impl Session {
     /// waiting to go upstream, no response half-relayed. A BYE now costs the client
     /// nothing but a new login.
     fn quiet(&self) -> bool {
-        let idle = usize::from(self.state.idling.is_some());
-        self.state.in_flight() <= idle
-            && self.up_out.is_empty()
-            && self.listing.is_none()
-            && !self.scanner.mid_response()
+        self.nothing_in_flight() && !self.scanner.mid_response()
     }
 
     /// When the session ends unless the client speaks: `login_timeout` after `started`
