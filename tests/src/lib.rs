@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod bench;
 pub mod clients;
+pub mod fake_mta;
 pub mod imap_load;
 pub mod imap_steps;
 pub mod levee;

@@ -4,13 +4,13 @@
 //! counts the header.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use levee_config::{Config, ConfigFile};
 use levee_journal::{DeliveryStatus, Journal, JournalOptions, Record, RecordKind};
 use levee_tests::clients::{Security, smtp_send};
+use levee_tests::fake_mta::{FakeMta, Verdicts};
 use levee_tests::{Site, contains, message_file, sample_message};
 
 /// The levee header of a copy, and everything after it. Panics unless there is exactly
@@ -174,79 +174,6 @@ fn every_copy_levee_hands_on_names_its_journal_record() {
     );
 }
 
-/// What the fake mail server saw of one transaction.
-#[derive(Debug, Default, Clone)]
-struct Seen {
-    mail: String,
-    /// The message as received, dot-stuffing undone.
-    data: Vec<u8>,
-}
-
-/// A mail server that accepts everything and keeps what it saw (no XCLIENT).
-fn fake_mail_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let log = log.clone();
-            std::thread::spawn(move || serve_fake(stream, &log));
-        }
-    });
-    (addr, seen)
-}
-
-fn serve_fake(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
-    let _ = writer.write_all(b"220 fake ESMTP\r\n");
-    let mut current = Seen::default();
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let text = String::from_utf8_lossy(&line).to_string();
-        let verb = text.get(..4).unwrap_or("").to_ascii_uppercase();
-        let reply: &[u8] = match verb.as_str() {
-            "EHLO" => b"250-fake\r\n250-SIZE 100000\r\n250 8BITMIME\r\n",
-            "MAIL" => {
-                current = Seen {
-                    mail: text.trim_end().to_string(),
-                    data: Vec::new(),
-                };
-                b"250 ok\r\n"
-            }
-            "DATA" => {
-                let _ = writer.write_all(b"354 go ahead\r\n");
-                loop {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == b".\r\n" {
-                        break;
-                    }
-                    let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
-                    current.data.extend_from_slice(unstuffed);
-                }
-                log.lock().unwrap().push(current.clone());
-                b"250 2.0.0 queued\r\n"
-            }
-            "QUIT" => {
-                let _ = writer.write_all(b"221 bye\r\n");
-                return;
-            }
-            _ => b"250 ok\r\n",
-        };
-        if writer.write_all(reply).is_err() {
-            return;
-        }
-    }
-}
-
 /// One SMTP exchange step: sends `line` (if any) and returns the complete reply.
 fn step(reader: &mut BufReader<TcpStream>, writer: &mut TcpStream, line: &[u8]) -> String {
     if !line.is_empty() {
@@ -265,7 +192,8 @@ fn step(reader: &mut BufReader<TcpStream>, writer: &mut TcpStream, line: &[u8]) 
 
 #[test]
 fn a_declared_size_counts_the_header_and_the_upstream_gets_header_then_client_bytes() {
-    let (upstream, seen) = fake_mail_server();
+    let fake = FakeMta::start(Verdicts::Accept);
+    let upstream = fake.addr;
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[node]\nid = \"trace-fake\"\ndata_dir = \"{}\"\n\n[upstream.primary]\nsmtp = \"{upstream}\"\n\n\
@@ -306,7 +234,7 @@ fn a_declared_size_counts_the_header_and_the_upstream_gets_header_then_client_by
     shutdown.cancel();
     runtime.block_on(levee).unwrap().expect("levee ran");
     drop(runtime);
-    let seen = seen.lock().unwrap().clone();
+    let seen = fake.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let (header, after) = split_at_levee_header(&seen[0].data);
     assert_eq!(after, body, "the client's bytes changed on the way");
