@@ -123,7 +123,7 @@ struct Levee {
 async fn start_levee(upstream: SocketAddr) -> Levee {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[node]\ndata_dir = \"{}\"\n[upstream.primary]\nsmtp = \"{upstream}\"\n[smtp]\nhostname = \"levee.test\"\nlocal_domains = [\"example.test\"]\n[[smtp.listen]]\naddr = \"127.0.0.1:0\"\nkind = \"relay\"\ntls = \"none\"\n[delivery]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\n",
+        "[node]\ndata_dir = \"{}\"\n[upstream.primary]\nsmtp = \"{upstream}\"\n[smtp]\nhostname = \"levee.test\"\nlocal_domains = [\"example.test\"]\n[[smtp.listen]]\naddr = \"127.0.0.1:0\"\nkind = \"relay\"\ntls = \"none\"\n[delivery]\nretry_initial = \"100ms\"\nretry_max = \"200ms\"\nunconfirmed_wait = \"1s\"\n",
         dir.path().display()
     );
     let config = Config::from_toml(&text).unwrap();
@@ -268,7 +268,8 @@ async fn upstream_verdicts_after_data_are_honoured() {
         replies[4].starts_with("250 2.0.0 Ok: queued as L2 (stored"),
         "{replies:?}"
     );
-    // Connection dropped at the final dot: the same.
+    // Connection dropped at the final dot: the same (the server may have queued it: the
+    // retry waits `unconfirmed_wait` for that copy first).
     let replies = converse(levee.addr, &tx("hangup"), 6).await;
     assert!(
         replies[4].starts_with("250 2.0.0 Ok: queued as L3 (stored"),
