@@ -23,13 +23,17 @@ fn passwords_never_reach_journal_logs_or_metrics() {
     let mut site = Site::start_with("credentials", LeveeMode::Child, "");
     let password = site.password("alice");
     let wrong = "Wr0ng-Secret-Pa55";
-    let file = message_file(
-        site.dir.path(),
-        "m.eml",
-        &sample_message("cred-1@example.org", "bob@example.test"),
-    );
+    let mut sent = Vec::new();
     for (secret, expect) in [(password.as_str(), 250), (wrong, 535)] {
         for security in [Security::StartTls, Security::Implicit] {
+            // A message of its own each time (the same one again would be a resend).
+            let id = format!("cred-{}@example.org", sent.len());
+            let file = message_file(
+                site.dir.path(),
+                &format!("m{}.eml", sent.len()),
+                &sample_message(&id, "bob@example.test"),
+            );
+            sent.push(id);
             let port = match security {
                 Security::Implicit => site.levee.ports.submissions,
                 _ => site.levee.ports.submission,
@@ -45,7 +49,7 @@ fn passwords_never_reach_journal_logs_or_metrics() {
             assert_eq!(verdict["code"], expect, "{verdict}");
         }
     }
-    site.wait_for_messages("bob", &["cred-1@example.org".into()], 15);
+    site.wait_for_messages("bob", &sent[..2], 15);
     // IMAP LOGIN through levee, good and bad, over both kinds of TLS.
     for (port, security) in [
         (site.levee.ports.imap, Security::StartTls),

@@ -89,14 +89,17 @@ fn auth_is_the_mail_servers_and_levee_is_no_open_relay() {
     );
     assert_eq!(good["code"], 250, "{good}");
 
-    // Implicit TLS works the same way.
+    // Implicit TLS works the same way (another message: the same one again would be a
+    // resend, answered with the first record).
+    let second = sample_message("auth-2@example.org", "someone@foreign.example");
+    let second = message_file(site.dir.path(), "m2.eml", &second);
     let implicit = smtp_send(
         site.levee.ports.submissions,
         Security::Implicit,
         Some(("alice", &password)),
         "alice@example.test",
         &["bob@example.test"],
-        &file,
+        &second,
     );
     assert_eq!(implicit["code"], 250, "{implicit}");
 
