@@ -113,3 +113,59 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Seen>>, verdicts: Verdicts) {
         }
     }
 }
+
+/// levee in this process with a relay listener in front of a [`FakeMta`]: its journal in a
+/// directory of its own, `extra` TOML appended to the configuration.
+#[derive(Debug)]
+pub struct InFront {
+    pub relay: SocketAddr,
+    dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), levee_proxy::RunError>>,
+}
+
+impl FakeMta {
+    pub fn levee_in_front(&self, name: &str, extra: &str) -> InFront {
+        use levee_config::ConfigFile;
+        let dir = tempfile::tempdir().expect("levee's directory");
+        let text = format!(
+            "[node]\nid = \"{name}\"\ndata_dir = \"{}\"\n\n[upstream.primary]\nsmtp = \"{}\"\n\n\
+             [smtp]\nhostname = \"levee.test\"\nlocal_domains = [\"example.test\"]\n\n\
+             [[smtp.listen]]\naddr = \"127.0.0.1:0\"\nkind = \"relay\"\ntls = \"none\"\n{extra}",
+            dir.path().join("data").display(),
+            self.addr
+        );
+        let config = levee_config::Config::from_toml(&text).expect("valid config");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (ready, bound) = tokio::sync::oneshot::channel();
+        let task = runtime.spawn(levee_proxy::run(config, shutdown.clone(), Some(ready)));
+        let relay = runtime.block_on(bound).expect("levee started").smtp[0];
+        InFront {
+            relay,
+            dir,
+            runtime,
+            shutdown,
+            task,
+        }
+    }
+}
+
+impl InFront {
+    /// Stops levee and opens its journal.
+    pub fn stop(self) -> (levee_journal::Journal, tempfile::TempDir) {
+        self.shutdown.cancel();
+        self.runtime
+            .block_on(self.task)
+            .expect("levee task")
+            .expect("levee ran");
+        drop(self.runtime);
+        let journal = levee_journal::Journal::open(
+            &self.dir.path().join("data/journal"),
+            levee_journal::JournalOptions::default(),
+        )
+        .expect("open the journal");
+        (journal, self.dir)
+    }
+}

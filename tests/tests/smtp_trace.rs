@@ -7,8 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use levee_config::{Config, ConfigFile};
-use levee_journal::{DeliveryStatus, Journal, JournalOptions, Record, RecordKind};
+use levee_journal::{DeliveryStatus, Record, RecordKind};
 use levee_tests::clients::{Security, smtp_send};
 use levee_tests::fake_mta::{FakeMta, Verdicts};
 use levee_tests::{Site, contains, message_file, sample_message};
@@ -193,20 +192,8 @@ fn step(reader: &mut BufReader<TcpStream>, writer: &mut TcpStream, line: &[u8]) 
 #[test]
 fn a_declared_size_counts_the_header_and_the_upstream_gets_header_then_client_bytes() {
     let fake = FakeMta::start(Verdicts::Accept);
-    let upstream = fake.addr;
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[node]\nid = \"trace-fake\"\ndata_dir = \"{}\"\n\n[upstream.primary]\nsmtp = \"{upstream}\"\n\n\
-         [smtp]\nhostname = \"levee.test\"\nlocal_domains = [\"example.test\"]\n\n\
-         [[smtp.listen]]\naddr = \"127.0.0.1:0\"\nkind = \"relay\"\ntls = \"none\"\n",
-        dir.path().join("data").display()
-    );
-    let config = Config::from_toml(&text).expect("valid config");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (ready, bound) = tokio::sync::oneshot::channel();
-    let levee = runtime.spawn(levee_proxy::run(config, shutdown.clone(), Some(ready)));
-    let relay = runtime.block_on(bound).expect("levee started").smtp[0];
+    let levee = fake.levee_in_front("trace-fake", "");
+    let relay = levee.relay;
 
     let body = b"Subject: sized\r\nMessage-ID: <sized@example.org>\r\n\r\n.leading dot\r\nend\r\n";
     let stream = TcpStream::connect(relay).unwrap();
@@ -231,9 +218,7 @@ fn a_declared_size_counts_the_header_and_the_upstream_gets_header_then_client_by
     let mut rest = Vec::new();
     let _ = reader.read_to_end(&mut rest);
 
-    shutdown.cancel();
-    runtime.block_on(levee).unwrap().expect("levee ran");
-    drop(runtime);
+    let (journal, _dir) = levee.stop();
     let seen = fake.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let (header, after) = split_at_levee_header(&seen[0].data);
@@ -256,8 +241,6 @@ fn a_declared_size_counts_the_header_and_the_upstream_gets_header_then_client_by
         "SIZE grew by far more than a header: {declared}"
     );
 
-    let journal =
-        Journal::open(&dir.path().join("data/journal"), JournalOptions::default()).unwrap();
     let record = journal.get(1).unwrap().expect("record 1");
     assert!(
         header.contains(&format!(" with ESMTP id {};\r\n", expected_id(&record))),

@@ -6,8 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use levee_config::{Config, ConfigFile};
-use levee_journal::{DeliveryStatus, Journal, JournalOptions};
+use levee_journal::DeliveryStatus;
 use levee_tests::fake_mta::{FakeMta, Verdicts};
 use levee_tests::load::SmtpSession;
 
@@ -16,22 +15,12 @@ const WAIT: Duration = Duration::from_secs(3);
 #[test]
 fn a_copy_the_mail_server_did_not_confirm_is_not_sent_again_before_the_wait() {
     let fake = FakeMta::start(Verdicts::DropFirst);
-    let upstream = fake.addr;
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[node]\nid = \"unconfirmed\"\ndata_dir = \"{}\"\n\n[upstream.primary]\nsmtp = \"{upstream}\"\n\n\
-         [smtp]\nhostname = \"levee.test\"\nlocal_domains = [\"example.test\"]\n\n\
-         [[smtp.listen]]\naddr = \"127.0.0.1:0\"\nkind = \"relay\"\ntls = \"none\"\n\n\
-         [delivery]\nretry_initial = \"200ms\"\nretry_max = \"500ms\"\nunconfirmed_wait = \"{}s\"\n",
-        dir.path().join("data").display(),
+    let wait = format!(
+        "\n[delivery]\nretry_initial = \"200ms\"\nretry_max = \"500ms\"\nunconfirmed_wait = \"{}s\"\n",
         WAIT.as_secs()
     );
-    let config = Config::from_toml(&text).expect("valid config");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (ready, bound) = tokio::sync::oneshot::channel();
-    let levee = runtime.spawn(levee_proxy::run(config, shutdown.clone(), Some(ready)));
-    let relay = runtime.block_on(bound).expect("levee started").smtp[0];
+    let levee = fake.levee_in_front("unconfirmed", &wait);
+    let relay = levee.relay;
 
     let body = b"Subject: unconfirmed\r\nMessage-ID: <unconfirmed@example.org>\r\n\r\nhi\r\n";
     let (verdict, _) = SmtpSession::connect(relay)
@@ -52,11 +41,7 @@ fn a_copy_the_mail_server_did_not_confirm_is_not_sent_again_before_the_wait() {
         apart >= WAIT - Duration::from_millis(100),
         "the second copy came {apart:?} after the unconfirmed one, before the {WAIT:?} wait"
     );
-    shutdown.cancel();
-    runtime.block_on(levee).unwrap().expect("levee ran");
-    drop(runtime);
-    let journal =
-        Journal::open(&dir.path().join("data/journal"), JournalOptions::default()).unwrap();
+    let (journal, _dir) = levee.stop();
     let state = journal.state(1).unwrap().expect("a delivery state");
     assert_eq!(state.status, DeliveryStatus::Delivered, "{state:?}");
     assert_eq!(
