@@ -1,8 +1,8 @@
-//! levee as an IMAP client of its own: the connection it uses to rebuild a session on
-//! another server, to follow a mailbox at the primary, and to learn a mailbox's messages
-//! at the replica. Commands are encoded and responses decoded whole with imap-codec (a
-//! literal in a response, a header block in a FETCH, is read in full: these responses are
-//! levee's own, and bounded).
+//! levee as an IMAP client of its own: the connection its probes, mailbox followers and
+//! searches for earlier copies use (a client's session is opened again elsewhere by
+//! [`super::rebuild`], which reads lines only). Commands are encoded and responses decoded
+//! whole with imap-codec (a literal in a response, a header block in a FETCH, is read in
+//! full: these responses are levee's own, and bounded).
 
 use std::net::SocketAddr;
 use std::time::Duration;

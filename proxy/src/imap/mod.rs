@@ -14,6 +14,7 @@ pub mod framing;
 pub mod homecoming;
 pub mod identity;
 pub mod migrate;
+pub mod rebuild;
 pub mod registry;
 pub mod responses;
 pub mod rewrite;
