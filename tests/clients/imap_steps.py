@@ -14,6 +14,8 @@ command per line from stdin and answers each with ONE JSON line on stdout:
   {"op": "append", "mailbox": "Sent", "message_b64": "...", "flags": "(\\Seen)"} -> {"ok"}
   {"op": "create", "mailbox": "Sent"}          -> {"ok"}
   {"op": "copy", "uid": n, "mailbox": "Archive"} -> {"ok"}  (UID COPY)
+  {"op": "copy", "seq": n, "mailbox": "Archive"} -> {"ok"}  (COPY by message number)
+  {"op": "move", "seq": n, "mailbox": "Archive"} -> {"ok"}  (MOVE by message number)
   {"op": "noop"}                               -> {"ok"}
   {"op": "logout"}                             -> {"ok"} and exit
 
@@ -99,8 +101,14 @@ def step(imap, cmd):
     if op == "create":
         typ, data = imap.create(cmd["mailbox"])
         return {"ok": typ == "OK", "error": repr(data)}
+    if op == "copy" and "seq" in cmd:
+        typ, data = imap.copy(str(cmd["seq"]), cmd["mailbox"])
+        return {"ok": typ == "OK", "error": repr(data)}
     if op == "copy":
         typ, data = imap.uid("COPY", str(cmd["uid"]), cmd["mailbox"])
+        return {"ok": typ == "OK", "error": repr(data)}
+    if op == "move":
+        typ, data = imap._simple_command("MOVE", str(cmd["seq"]), cmd["mailbox"])
         return {"ok": typ == "OK", "error": repr(data)}
     if op == "noop":
         typ, data = imap.noop()

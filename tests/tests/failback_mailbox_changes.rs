@@ -1,7 +1,8 @@
 //! What a client changes in its mailboxes at the replica while that is the active site
 //! reaches the primary before a failback: a message saved to Sent (APPEND), a folder it
-//! created and a message it copied there, a flag it set and a message it deleted. The replica keeps one copy of each (its applier
-//! does not make them again), and back at the primary the client's session finds them.
+//! created and messages it copied or moved there (by UID and by message number), a flag it
+//! set and a message it deleted. The replica keeps one copy of each (its applier does not
+//! make them again), and back at the primary the client's session finds them.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,16 @@ fn uid_of(list: &[Value], message_id: &str) -> Option<u64> {
     list.iter()
         .find(|m| m["message_id"] == wanted.as_str())
         .and_then(|m| m["uid"].as_u64())
+}
+
+/// The message number of the message with `message_id` in the selected mailbox.
+fn seq_of(client: &mut ImapSteps, message_id: &str) -> usize {
+    let wanted = format!("<{message_id}>");
+    1 + client
+        .list()
+        .iter()
+        .position(|m| m["message_id"] == wanted.as_str())
+        .expect("the message in the mailbox")
 }
 
 /// How many messages of `mailbox` carry `message_id`, asked of a Dovecot directly.
@@ -65,7 +76,12 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     let log = || tail(&primary.levee.log(), 40);
 
     let early = primary.send_through_levee(
-        &["before@example.org", "doomed@example.org"],
+        &[
+            "before@example.org",
+            "doomed@example.org",
+            "numbered@example.org",
+            "moved@example.org",
+        ],
         "alice@example.test",
         "alice",
     );
@@ -101,6 +117,11 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
     }));
     client.ok(json!({"op": "create", "mailbox": "Outage"}));
     client.ok(json!({"op": "copy", "uid": before, "mailbox": "Outage"}));
+    // By message number: levee learns which messages from the server's COPYUID.
+    let numbered = seq_of(&mut client, "numbered@example.org");
+    client.ok(json!({"op": "copy", "seq": numbered, "mailbox": "Outage"}));
+    let moved = seq_of(&mut client, "moved@example.org");
+    client.ok(json!({"op": "move", "seq": moved, "mailbox": "Outage"}));
     client.ok(json!({"op": "flag", "uid": before, "flag": "\\Flagged"}));
     client.ok(json!({"op": "delete", "uid": doomed}));
     // levee follows INBOX at the replica too, and journals the flag and the expunge.
@@ -140,9 +161,17 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
             .unwrap_or_default()
     };
     assert!(flagged.contains("Flagged"), "{flagged}\n{}", log());
-    assert_eq!(at_primary("Outage", "before@example.org"), Some(1));
+    for id in [
+        "before@example.org",
+        "numbered@example.org",
+        "moved@example.org",
+    ] {
+        assert_eq!(at_primary("Outage", id), Some(1), "{id}\n{}", log());
+        assert_eq!(at_replica("Outage", id), Some(1), "{id}\n{}", log());
+    }
+    assert_eq!(at_primary("INBOX", "numbered@example.org"), Some(1));
+    assert_eq!(at_primary("INBOX", "moved@example.org"), Some(0));
     assert_eq!(at_replica("Sent", "outage-sent@example.test"), Some(1));
-    assert_eq!(at_replica("Outage", "before@example.org"), Some(1));
 
     // The client, moved back on its connection, finds the sent message in Sent.
     client.ok(json!({"op": "noop"}));
@@ -154,11 +183,11 @@ fn changes_made_at_the_replica_reach_the_primary_before_failback() {
         log()
     );
     // Every change copied by the resync (no message: the mail came before): append,
-    // create, copy, expunge, and the flags (\Flagged, and \Deleted before the expunge
-    // when levee looked in between).
+    // create, the three copies, the two expunges (the deletion and the move's), and the
+    // flags (\Flagged, and \Deleted before the expunge when levee looked in between).
     let copied = primary
         .levee
         .metric("levee_resync_delivered_total")
         .unwrap_or(0.0);
-    assert!((5.0..=6.0).contains(&copied), "{copied}\n{}", log());
+    assert!((8.0..=9.0).contains(&copied), "{copied}\n{}", log());
 }

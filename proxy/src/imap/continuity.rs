@@ -13,9 +13,10 @@ use super::changes::Change;
 use super::framing::ClientMessage;
 use super::rewrite;
 use super::seqmap::{LISTING, SeqMap, listed_uids};
+use super::seqmap::{MAX_LISTED, expand};
 use super::session::{Pump, Session};
 use super::state::{Finished, tagged_status};
-use super::uidmap::{Catalogue, Translation};
+use super::uidmap::{Catalogue, Translation, runs, set_of};
 use crate::failover::controller::Backend;
 
 impl Session {
@@ -51,6 +52,7 @@ impl Session {
     }
 
     fn journal_change(&mut self, change: Change) {
+        let copied = self.copied.take();
         let Some(login) = &self.state.login else {
             return;
         };
@@ -103,9 +105,28 @@ impl Session {
                         };
                         resolve(&shown, &set, true)
                     }
+                    // By message number: the server's COPYUID names the messages by its
+                    // own UIDs, presented as the client knows them.
                     Backend::Replica => {
-                        tracing::info!(mailbox = %from, "a COPY by message number at the replica is not copied to the primary");
-                        return;
+                        let Some(copied) = copied else {
+                            tracing::warn!(mailbox = %from, "a COPY by message number at the replica without COPYUID is not copied to the primary");
+                            return;
+                        };
+                        let presented: Vec<u32> = copied
+                            .iter()
+                            .filter_map(|&r| match &self.translation {
+                                Some(t) => t.presented(r),
+                                None => Some(r),
+                            })
+                            .collect();
+                        if presented.is_empty() {
+                            return;
+                        }
+                        let shown = match registry.home_now(&key) {
+                            Some(home) => home.present(&catalogue),
+                            None => catalogue,
+                        };
+                        resolve(&shown, &set_of(runs(presented)), true)
                     }
                 };
                 if messages.is_empty() {
@@ -301,4 +322,43 @@ fn resolve(catalogue: &Catalogue, set: &SequenceSet, uid: bool) -> Vec<MessageRe
         .filter_map(|u| catalogue.messages.get(&u))
         .map(|known| known.identity.to_ref(known.uid))
         .collect()
+}
+
+/// The source UIDs of a `COPYUID` response code (RFC 4315) on a status response, tagged or
+/// untagged (MOVE reports it before its expunges, RFC 6851): the UIDs, on the server that
+/// said it, of the messages a COPY or MOVE took.
+pub(super) fn copyuid_source(line: &[u8]) -> Option<Vec<u32>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut words = text.splitn(5, ' ');
+    let (_tag, status, code) = (words.next()?, words.next()?, words.next()?);
+    if !status.eq_ignore_ascii_case("OK") || !code.eq_ignore_ascii_case("[COPYUID") {
+        return None;
+    }
+    let (_validity, source) = (words.next()?, words.next()?);
+    let source = source.split(' ').next()?;
+    expand(&SequenceSet::try_from(source).ok()?, MAX_LISTED).filter(|uids| !uids.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copyuid_source;
+
+    #[test]
+    fn copyuid_source_reads_tagged_and_untagged_codes() {
+        assert_eq!(
+            copyuid_source(b"a4 OK [COPYUID 1699 7,9:10 1:3] Copy completed\r\n"),
+            Some(vec![7, 9, 10])
+        );
+        // MOVE: untagged, before the expunges; a descending range names the same UIDs.
+        assert_eq!(
+            copyuid_source(b"* ok [copyuid 1699 12:11 4:5] Moved UIDs.\r\n"),
+            Some(vec![11, 12])
+        );
+        assert_eq!(copyuid_source(b"a4 OK Copy completed\r\n"), None);
+        assert_eq!(copyuid_source(b"a4 NO [COPYUID 1 2 3] odd\r\n"), None);
+        assert_eq!(copyuid_source(b"* 3 EXISTS\r\n"), None);
+        assert_eq!(copyuid_source(b"a4 OK [COPYUID 1699 *:3 1:3]\r\n"), None);
+        // A server's broken answer naming billions of messages is not spelled out.
+        assert_eq!(copyuid_source(b"a OK [COPYUID 1 1:4294967295 1]\r\n"), None);
+    }
 }

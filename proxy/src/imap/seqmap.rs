@@ -229,7 +229,7 @@ impl SeqMap {
 }
 
 /// The most messages a listing may name (a mailbox larger than this is not mapped).
-const MAX_LISTED: usize = 10_000_000;
+pub const MAX_LISTED: usize = 10_000_000;
 
 /// The numbers of a set without `*` (a server's answer names its messages), or `None` when
 /// it names more than `max` (no more than the mailbox holds: a larger set is a broken

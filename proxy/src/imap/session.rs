@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::ImapShared;
 use super::caps::{self, ClientTls};
-use super::continuity::Listing;
+use super::continuity::{Listing, copyuid_source};
 use super::framing::{ClientFramer, ClientMessage};
 use super::registry::Following;
 use super::responses::{Piece, ResponseScanner};
@@ -95,6 +95,8 @@ pub struct Session {
     /// Read-only commands in flight, as the client sent them: sent again if the server
     /// goes away before answering.
     pub(super) replay: Vec<(String, ClientMessage)>,
+    /// On the replica: the server's UIDs in the COPYUID of the command completing next.
+    pub(super) copied: Option<Vec<u32>>,
 }
 
 impl Session {
@@ -135,6 +137,7 @@ impl Session {
             translate_next: None,
             await_catalogue: false,
             replay: Vec::new(),
+            copied: None,
         }
     }
 
@@ -392,9 +395,19 @@ impl Session {
         } else if let Some((tag, status)) = tagged_status(&line) {
             let tag = tag.to_string();
             self.replay.retain(|(t, _)| *t != tag);
+            if self.backend == Backend::Replica
+                && let Some(source) = copyuid_source(&line)
+            {
+                self.copied = Some(source);
+            }
             if let Some(finished) = self.state.completed(&tag, status) {
                 self.finished(finished);
             }
+            self.copied = None;
+        } else if self.backend == Backend::Replica
+            && let Some(source) = copyuid_source(&line)
+        {
+            self.copied = Some(source);
         }
         if let Some(translated) = self.translated_head(&line) {
             pump.say(&translated);
