@@ -189,8 +189,12 @@ struct Worker {
     /// died is delivered as it comes back, so the next pass gives that time to settle.
     primary_was_down: AtomicBool,
     /// How many more copies to look for at the primary before handing them over: the head
-    /// of the list after a start or an outage of the primary is where an unrecorded copy
-    /// can be (a header search costs a pass over the INBOX, so not every copy gets one).
+    /// of the list after levee starts is where a copy the previous process was handing
+    /// over when it died can be, never marked unconfirmed (a header search costs a pass
+    /// over the INBOX, so not every copy gets one). While levee runs, a copy the primary
+    /// may hold without having confirmed it is marked ([`unconfirmed::mark`]) and looked
+    /// for by itself: an outage of the primary alone does not make the head unsure (with
+    /// large mailboxes, searching it made every failback wait for 64 searches).
     unsure_left: AtomicUsize,
 }
 
@@ -277,7 +281,6 @@ impl Worker {
                     if went == 0 {
                         // Not even the first copy went: the primary is down (or just back).
                         self.primary_was_down.store(true, Ordering::Relaxed);
-                        self.unsure_left.store(BATCH, Ordering::Relaxed);
                     }
                     publish(&self.journal, &self.status);
                     self.flush().await;
