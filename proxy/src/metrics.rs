@@ -34,6 +34,7 @@ pub const IMAP_PROTOCOL_ERRORS: &str = "levee_imap_protocol_errors_total";
 pub const IMAP_CHANGES_JOURNALED: &str = "levee_imap_changes_journaled_total";
 pub const IMAP_CHANGES_LOST: &str = "levee_imap_changes_lost_total";
 pub const IMAP_UID_CONTINUITY_LOST: &str = "levee_imap_uid_continuity_lost_total";
+pub const IMAP_REPLICA_LISTS: &str = "levee_imap_replica_lists_total";
 pub const DELIVERY_QUEUE: &str = "levee_delivery_queue";
 pub const RESYNC_PENDING: &str = "levee_resync_pending";
 pub const RESYNC_DELIVERED: &str = "levee_resync_delivered_total";
@@ -103,6 +104,10 @@ fn describe() {
     describe_counter!(
         IMAP_UID_CONTINUITY_LOST,
         "Mailboxes whose messages at the replica could not keep the primary's UIDs"
+    );
+    describe_counter!(
+        IMAP_REPLICA_LISTS,
+        "Lists of a mailbox's messages at the replica fetched, whole or only what changed"
     );
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
     describe_gauge!(

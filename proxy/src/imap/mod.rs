@@ -13,6 +13,7 @@ mod continuity;
 pub mod framing;
 pub mod homecoming;
 pub mod identity;
+pub mod known_at_replica;
 pub mod migrate;
 pub mod rebuild;
 pub mod registry;

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, OnceCell, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, Conn};
-use super::identity::{self, fetch_known};
+use super::known_at_replica::{self, Keeper, KnownAtReplica};
 use super::state::Credentials;
 use super::tracker;
 use super::uidmap::{Catalogue, Translation};
@@ -66,6 +66,9 @@ pub struct Registry {
     followed_at_replica: Mutex<HashMap<Key, Arc<Followed>>>,
     /// On the replica: per mailbox, how its clients see it.
     pub(super) translations: Mutex<HashMap<Key, Shown>>,
+    /// The replica's messages of the mailboxes followed at the primary, kept ahead of a
+    /// failover.
+    pub(super) known_at_replica: Arc<KnownAtReplica>,
     /// At the primary after a failback: per mailbox, how its clients see it
     /// ([`super::homecoming`]).
     pub(super) homes: Mutex<HashMap<Key, Arc<TranslationCell>>>,
@@ -136,6 +139,7 @@ impl Registry {
             followed: Mutex::new(HashMap::new()),
             followed_at_replica: Mutex::new(HashMap::new()),
             translations: Mutex::new(HashMap::new()),
+            known_at_replica: Arc::default(),
             homes: Mutex::new(HashMap::new()),
             any_home: std::sync::atomic::AtomicBool::new(super::homecoming::any_kept(&journal)),
             journal,
@@ -190,6 +194,17 @@ impl Registry {
                 failover: self.failover.clone(),
                 limit: self.limit,
             };
+            if let (Backend::Primary, Some(replica)) = (site, self.servers.1) {
+                let keeper = Keeper {
+                    lists: self.known_at_replica.clone(),
+                    key: followed.key.clone(),
+                    login: login.clone(),
+                    addr: replica,
+                    failover: self.failover.clone(),
+                    limit: self.limit,
+                };
+                tokio::spawn(keeper.run(token.clone()));
+            }
             tokio::spawn(follower.run(token));
         }
         drop(stop);
@@ -259,13 +274,12 @@ impl Registry {
                 let work = async {
                     let mut conn = Conn::open(addr).await?;
                     conn.login(login).await?;
-                    let examined = conn.run(identity::examine(mailbox)?).await?;
-                    let (validity, _) = tracker::uid_codes(&examined);
-                    let replica = fetch_known(&mut conn, 1).await?;
-                    Ok::<_, conn::ConnError>((validity, replica))
+                    let cached = self.known_at_replica.get(&key);
+                    known_at_replica::refresh(&mut conn, mailbox, cached.as_deref()).await
                 };
-                let (validity, replica) = conn::within(self.limit, work).await?;
-                let translation = Translation::build(&catalogue, &replica, validity);
+                let replica = Arc::new(conn::within(self.limit, work).await?);
+                self.known_at_replica.put(key.clone(), replica.clone());
+                let translation = Translation::build(&catalogue, &replica.known, replica.validity);
                 match &translation {
                     Some(t) => tracing::info!(
                         user = %key.0, mailbox = %key.1, kept = t.kept, missing = t.missing.len(),
