@@ -107,7 +107,7 @@ fn describe() {
     );
     describe_counter!(
         IMAP_REPLICA_LISTS,
-        "Lists of a mailbox's messages at the replica fetched, whole or only what changed"
+        "Lists of a mailbox's messages at the replica: fetched whole, only what changed, or kept (a follower at the replica started from the list kept before the failover)"
     );
     describe_gauge!(DELIVERY_QUEUE, "Journaled messages waiting for delivery");
     describe_gauge!(

@@ -156,14 +156,16 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
     // Same connection: the UIDs the client knew name the same messages.
     let noop = client.ok(json!({"op": "noop"}));
     // levee knew the replica's INBOX before the failover (kept while the primary was
-    // active) and asked it only for what changed since.
+    // active): it asked only for what changed since, and started following the INBOX at
+    // the replica from that list.
     let lists = primary.levee.metrics();
-    assert!(
-        lists
-            .lines()
-            .any(|l| l.starts_with("levee_imap_replica_lists_total{fetched=\"changes\"}")),
-        "the replica's INBOX was fetched whole at the failover\n{lists}"
-    );
+    for how in ["changes", "kept"] {
+        let sample = format!("levee_imap_replica_lists_total{{how=\"{how}\"}}");
+        assert!(
+            lists.lines().any(|l| l.starts_with(&sample)),
+            "no {sample}: the replica's INBOX was fetched whole at the failover\n{lists}"
+        );
+    }
     let after = client.list();
     for id in ["keep@example.org", "read@example.org"] {
         assert_eq!(

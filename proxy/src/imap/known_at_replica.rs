@@ -81,7 +81,7 @@ pub async fn refresh(
     let (validity, _) = tracker::uid_codes(&examined);
     let Some(cached) = cached.filter(|c| c.validity == validity && validity != 0) else {
         let known = fetch_known(conn, 1).await?;
-        metrics::counter!(crate::metrics::IMAP_REPLICA_LISTS, "fetched" => "whole").increment(1);
+        metrics::counter!(crate::metrics::IMAP_REPLICA_LISTS, "how" => "whole").increment(1);
         return Ok(ReplicaList { validity, known });
     };
     let searched = conn.run(identity::command("UID SEARCH ALL")).await?;
@@ -94,7 +94,7 @@ pub async fn refresh(
         .flatten()
         .collect();
     let newer = fetch_known(conn, last_uid(cached) + 1).await?;
-    metrics::counter!(crate::metrics::IMAP_REPLICA_LISTS, "fetched" => "changes").increment(1);
+    metrics::counter!(crate::metrics::IMAP_REPLICA_LISTS, "how" => "changes").increment(1);
     Ok(merged(cached, &present, newer))
 }
 

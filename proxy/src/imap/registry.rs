@@ -193,6 +193,10 @@ impl Registry {
                 },
                 failover: self.failover.clone(),
                 limit: self.limit,
+                seed: std::sync::Mutex::new(match site {
+                    Backend::Replica => self.known_at_replica.get(&followed.key),
+                    Backend::Primary => None,
+                }),
             };
             if let (Backend::Primary, Some(replica)) = (site, self.servers.1) {
                 let keeper = Keeper {

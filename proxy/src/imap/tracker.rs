@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, Conn, ConnError};
-use super::identity::{self, fetch_known};
+use super::identity::{self, Known, fetch_known};
+use super::known_at_replica::ReplicaList;
 use super::registry::Followed;
 use super::state::Credentials;
 use crate::failover::controller::Backend;
@@ -42,6 +43,9 @@ pub struct Follower {
     pub changes: mpsc::UnboundedSender<MailboxRecord>,
     pub failover: Option<Failover>,
     pub limit: Duration,
+    /// At the replica: the list of the mailbox levee kept ahead of the failover, which
+    /// stands for the first look's fetch of every header ([`super::known_at_replica`]).
+    pub seed: std::sync::Mutex<Option<Arc<ReplicaList>>>,
 }
 
 impl Follower {
@@ -147,6 +151,7 @@ impl Follower {
             _ => false,
         });
         let now: BTreeMap<u32, Vec<String>> = flags.into_iter().filter_map(uid_flags).collect();
+        self.seed_once(&now);
         let next = self.followed.catalogue().uidnext;
         let from = self
             .followed
@@ -209,6 +214,32 @@ impl Follower {
             );
         }
         Ok(more)
+    }
+
+    /// Fills an empty catalogue from the kept list, with the flags the server reports
+    /// `now`: the first look then fetches only the messages the list lacks, and, as after
+    /// a fetch of every message, takes what it finds as the starting point.
+    fn seed_once(&self, now: &BTreeMap<u32, Vec<String>>) {
+        let Some(seed) = self.seed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut catalogue = self.followed.catalogue();
+        if !catalogue.messages.is_empty() || seed.validity == 0 {
+            return;
+        }
+        if catalogue.uidvalidity != seed.validity {
+            return;
+        }
+        for known in &seed.known {
+            if let Some(flags) = now.get(&known.uid) {
+                let known = Known {
+                    flags: flags.clone(),
+                    ..known.clone()
+                };
+                catalogue.messages.insert(known.uid, known);
+            }
+        }
+        metrics::counter!(crate::metrics::IMAP_REPLICA_LISTS, "how" => "kept").increment(1);
     }
 
     fn send(&self, user: &str, change: MailboxChange) {
