@@ -224,10 +224,10 @@ impl Follower {
             return;
         };
         let mut catalogue = self.followed.catalogue();
-        if !catalogue.messages.is_empty() || seed.validity == 0 {
-            return;
-        }
-        if catalogue.uidvalidity != seed.validity {
+        if !catalogue.messages.is_empty()
+            || seed.validity == 0
+            || catalogue.uidvalidity != seed.validity
+        {
             return;
         }
         for known in &seed.known {
