@@ -17,6 +17,8 @@ command per line from stdin and answers each with ONE JSON line on stdout:
   {"op": "copy", "seq": n, "mailbox": "Archive"} -> {"ok"}  (COPY by message number)
   {"op": "move", "seq": n, "mailbox": "Archive"} -> {"ok"}  (MOVE by message number)
   {"op": "noop"}                               -> {"ok"}
+  {"op": "raw", "command": "UID", "args": ["FETCH", "1:*", "(FLAGS) (CHANGEDSINCE 5)"]}
+                                               -> {"ok"}  (any command, its words as given)
   {"op": "logout"}                             -> {"ok"} and exit
 
 Every answer also carries "untagged": the untagged responses seen since the previous
@@ -109,6 +111,14 @@ def step(imap, cmd):
         return {"ok": typ == "OK", "error": repr(data)}
     if op == "move":
         typ, data = imap._simple_command("MOVE", str(cmd["seq"]), cmd["mailbox"])
+        return {"ok": typ == "OK", "error": repr(data)}
+    if op == "raw":
+        name = cmd["command"].upper()
+        if name not in imaplib.Commands:
+            imaplib.Commands[name] = ("AUTH", "SELECTED")
+        typ, data = imap._simple_command(name, *cmd.get("args", []))
+        if name in ("SELECT", "EXAMINE") and typ == "OK":
+            imap.state = "SELECTED"
         return {"ok": typ == "OK", "error": repr(data)}
     if op == "noop":
         typ, data = imap.noop()

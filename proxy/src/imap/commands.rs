@@ -7,7 +7,9 @@ use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;
 
 use super::framing::{ClientEvent, ClientMessage};
-use super::session::{Next, Pump, Session, tag_of};
+use super::modseq;
+use super::pump::Pump;
+use super::session::{Next, Session, tag_of};
 
 impl Session {
     /// Handles what the framer found in the client's bytes.
@@ -129,7 +131,19 @@ impl Session {
         if super::changes::replayable(&command) {
             self.replay.push((tag, message.clone()));
         }
-        let message = self.translated(&command).unwrap_or(message);
+        if self.translate_next.is_some() && super::rewrite::has_qresync(&command) {
+            // Its UIDVALIDITY and known UIDs are the client's: they go out as the server's
+            // once the translation is in (`Session::select_translated`).
+            self.hold_select(message);
+            return;
+        }
+        let mut command = command;
+        let shifted = modseq::command(&mut command, self.modseq);
+        let message = match self.translated(&command) {
+            Some(translated) => translated,
+            None if shifted => super::rewrite::encode(&command),
+            None => message,
+        };
         self.send_upstream(message);
         if self.translate_next.is_some() {
             self.request_listing();

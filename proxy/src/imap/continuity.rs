@@ -9,11 +9,16 @@ use imap_codec::imap_types::command::Command;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use levee_journal::{MailboxChange, MessageRef};
 
+use imap_codec::CommandCodec;
+use imap_codec::decode::Decoder;
+
 use super::changes::Change;
 use super::framing::ClientMessage;
+use super::modseq;
+use super::pump::Pump;
 use super::rewrite;
 use super::seqmap::{LISTING, MAX_LISTED, SeqMap, expand, listed_uids};
-use super::session::{Pump, Session};
+use super::session::Session;
 use super::state::{Finished, tagged_status};
 use super::uidmap::{Catalogue, Translation, runs, set_of};
 use crate::failover::controller::Backend;
@@ -233,6 +238,41 @@ impl Session {
             }
             Backend::Primary => registry.home_translation(login, mailbox).await,
         }
+    }
+
+    /// Keeps a SELECT back until its translation is in; the client's next commands wait
+    /// behind it as they do behind a listing.
+    pub(super) fn hold_select(&mut self, message: ClientMessage) {
+        self.held_select = Some(message);
+        self.listing = Some(Box::new(Listing {
+            tag: LISTING_TAG.to_string(),
+            uids: None,
+        }));
+    }
+
+    /// Looks up the translation for the SELECT of `mailbox` just sent (or held), then
+    /// sends a held one with its QRESYNC values as the server knows them, and the listing
+    /// behind it.
+    pub(super) async fn select_translated(&mut self, mailbox: &str) {
+        self.translation = self.translation_for(mailbox).await;
+        let Some(held) = self.held_select.take() else {
+            return;
+        };
+        let decoded = CommandCodec::default().decode(&held.bytes);
+        let rewritten = match decoded {
+            Ok((b"", mut command)) => {
+                let known = match self.translation.as_deref() {
+                    Some(t) => rewrite::qresync(&mut command, t),
+                    None => false,
+                };
+                let shifted = modseq::command(&mut command, self.modseq);
+                (known || shifted).then(|| rewrite::encode(&command))
+            }
+            _ => None,
+        };
+        self.send_upstream(rewritten.unwrap_or(held));
+        self.listing = None;
+        self.request_listing();
     }
 
     /// Whether a SELECT of `mailbox` needs its translation (and levee's listing): always

@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use super::framing::ClientMessage;
+use super::pump::Pump;
 use super::rebuild::rebuild;
 use super::responses::ResponseScanner;
-use super::session::{Pump, Session};
+use super::session::Session;
 use super::state::Status;
 use crate::failover::controller::Backend;
 
@@ -46,6 +47,7 @@ impl Session {
         self.idle_alias = None;
         // The new connection's SELECT is listed as part of the move.
         self.listing = None;
+        self.held_select = None;
         if self.scanner.mid_response() {
             // The client holds part of a response (inside a literal, say): nothing levee
             // could send now would be read as IMAP.
@@ -165,6 +167,7 @@ impl Session {
                 self.up_write = write;
                 self.scanner = ResponseScanner::default();
                 self.backend = target;
+                self.modseq = self.shared.modseq_shift();
                 self.arrive(pump, rebuilt.listed).await;
                 if let Some(exists) = rebuilt.exists {
                     pump.say(exists.as_bytes());

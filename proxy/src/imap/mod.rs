@@ -15,6 +15,8 @@ pub mod homecoming;
 pub mod identity;
 pub mod known_at_replica;
 pub mod migrate;
+pub mod modseq;
+mod pump;
 pub mod rebuild;
 pub mod registry;
 pub mod responses;
@@ -69,6 +71,13 @@ impl ImapShared {
             Backend::Primary => self.config.upstream.primary.imap,
             Backend::Replica => self.config.upstream.replica.as_ref()?.imap,
         }
+    }
+
+    /// What sessions add to the server's mod-sequences in the current epoch.
+    pub fn modseq_shift(&self) -> modseq::Shift {
+        self.failover.as_ref().map_or(modseq::Shift(0), |f| {
+            modseq::Shift::at_epoch(f.active().epoch)
+        })
     }
 
     /// The backend new sessions go to.

@@ -8,7 +8,9 @@
 
 use imap_codec::CommandCodec;
 use imap_codec::encode::{Encoder, Fragment};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use std::num::NonZeroU32;
+
+use imap_codec::imap_types::command::{Command, CommandBody, SelectParameter};
 use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -72,6 +74,52 @@ pub fn command(
     changed.then(|| encode(&command))
 }
 
+/// Whether the command is a SELECT or EXAMINE with QRESYNC's known values.
+pub fn has_qresync(command: &Command<'_>) -> bool {
+    match &command.body {
+        CommandBody::Select { parameters, .. } | CommandBody::Examine { parameters, .. } => {
+            parameters
+                .iter()
+                .any(|p| matches!(p, SelectParameter::QResync { .. }))
+        }
+        _ => false,
+    }
+}
+
+/// A SELECT or EXAMINE with QRESYNC's known values (RFC 7162 section 3.2.5): the
+/// UIDVALIDITY and known UIDs the client has as the replica's. The message numbers it
+/// may pair with UIDs are dropped (they only narrow what the server reports). `true`
+/// when it had them.
+pub fn qresync(command: &mut Command<'_>, t: &Translation) -> bool {
+    let (CommandBody::Select { parameters, .. } | CommandBody::Examine { parameters, .. }) =
+        &mut command.body
+    else {
+        return false;
+    };
+    let mut changed = false;
+    for parameter in parameters.iter_mut() {
+        if let SelectParameter::QResync {
+            uid_validity,
+            known_uids,
+            seq_match_data,
+            ..
+        } = parameter
+        {
+            if uid_validity.get() == t.primary_validity
+                && let Some(replica) = NonZeroU32::new(t.replica_validity)
+            {
+                *uid_validity = replica;
+            }
+            if let Some(known) = known_uids {
+                *known = t.to_replica(known);
+            }
+            *seq_match_data = None;
+            changed = true;
+        }
+    }
+    changed
+}
+
 fn search_keys<'a>(
     keys: Vec<SearchKey<'a>>,
     t: &Translation,
@@ -120,7 +168,7 @@ fn search_key<'a>(
     }
 }
 
-fn encode(command: &Command<'_>) -> ClientMessage {
+pub fn encode(command: &Command<'_>) -> ClientMessage {
     let mut bytes = Vec::new();
     let mut sync_points = Vec::new();
     for fragment in CommandCodec::default().encode(command) {

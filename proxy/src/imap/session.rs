@@ -21,6 +21,8 @@ use super::ImapShared;
 use super::caps::{self, ClientTls};
 use super::continuity::{Listing, copyuid_source};
 use super::framing::{ClientFramer, ClientMessage};
+use super::modseq::{self, Shift};
+use super::pump::{IDLE_READ, Pump, resize_for_next};
 use super::registry::Following;
 use super::responses::{Piece, ResponseScanner};
 use super::seqmap::SeqMap;
@@ -32,10 +34,6 @@ use tokio::sync::watch;
 
 /// Bytes waiting in either outbox before levee stops reading from the other side.
 const OUTBOX_LIMIT: usize = 256 * 1024;
-/// Reads take up to this much at once while data is flowing...
-const READ_CHUNK: usize = 16 * 1024;
-/// ...and an idle session waits with this much, each way.
-const IDLE_READ: usize = 512;
 /// Longest a SELECT's OK waits for levee to know the mailbox at the primary.
 pub(super) const CATALOGUE_WAIT: Duration = Duration::from_secs(5);
 
@@ -97,6 +95,10 @@ pub struct Session {
     pub(super) replay: Vec<(String, ClientMessage)>,
     /// On the replica: the server's UIDs in the COPYUID of the command completing next.
     pub(super) copied: Option<Vec<u32>>,
+    /// A SELECT with QRESYNC's values, waiting for its translation.
+    pub(super) held_select: Option<ClientMessage>,
+    /// What the client is shown of the server's mod-sequences, for this epoch.
+    pub(super) modseq: Shift,
 }
 
 impl Session {
@@ -115,6 +117,7 @@ impl Session {
         let framer = ClientFramer::new(config.max_line_length, config.max_literal);
         let (up_read, up_write) = upstream.into_split();
         let active = shared.failover.as_ref().map(|f| f.watch());
+        let shared_shift = shared.modseq_shift();
         Session {
             shared,
             tls,
@@ -138,6 +141,8 @@ impl Session {
             await_catalogue: false,
             replay: Vec::new(),
             copied: None,
+            held_select: None,
+            modseq: shared_shift,
         }
     }
 
@@ -223,7 +228,7 @@ impl Session {
                             pump.write_now(client_write);
                             if let Some(mailbox) = self.translate_next.take() {
                                 // A SELECT the client had pipelined behind levee's listing.
-                                self.translation = Box::pin(self.translation_for(&mailbox)).await;
+                                Box::pin(self.select_translated(&mailbox)).await;
                             }
                             if std::mem::take(&mut self.await_catalogue)
                                 && let Some(following) = &self.following
@@ -241,12 +246,12 @@ impl Session {
                     }
                 }
                 active = next_active(&mut self.active) => {
-                    if active.backend != self.backend {
-                        if self.can_migrate() {
-                            Box::pin(self.migrate_to_active(pump)).await;
-                        } else {
-                            self.migrate_pending = true;
-                        }
+                    if active.backend == self.backend {
+                        self.modseq = Shift::at_epoch(active.epoch);
+                    } else if self.can_migrate() {
+                        Box::pin(self.migrate_to_active(pump)).await;
+                    } else {
+                        self.migrate_pending = true;
                     }
                 }
                 read = client_read.read_buf(&mut from_client), if read_client => {
@@ -261,7 +266,7 @@ impl Session {
                             }
                             self.take_client_messages(pump);
                             if let Some(mailbox) = self.translate_next.take() {
-                                self.translation = Box::pin(self.translation_for(&mailbox)).await;
+                                Box::pin(self.select_translated(&mailbox)).await;
                             }
                             self.write_upstream_now();
                         }
@@ -409,12 +414,12 @@ impl Session {
         {
             self.copied = Some(source);
         }
-        if let Some(translated) = self.translated_head(&line) {
-            pump.say(&translated);
-            return;
-        }
-        match caps::rewrite_head(&line, self.tls) {
-            Some(rewritten) => pump.say(&rewritten),
+        let line = self
+            .translated_head(&line)
+            .or_else(|| caps::rewrite_head(&line, self.tls))
+            .unwrap_or(line);
+        match modseq::response_head(&line, self.modseq) {
+            Some(shifted) => pump.say(&shifted),
             None => pump.say(&line),
         }
     }
@@ -423,61 +428,6 @@ impl Session {
 /// Whether `line` is an untagged `BYE` response.
 fn is_untagged_bye(line: &[u8]) -> bool {
     line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"* BYE")
-}
-
-/// The client-bound side of a running session.
-pub(super) struct Pump {
-    client_out: Vec<u8>,
-    client_sent: usize,
-    /// Stop once the client outbox is flushed.
-    pub(super) closing: bool,
-    pub(super) next: Next,
-}
-
-impl Pump {
-    pub(super) fn say(&mut self, bytes: &[u8]) {
-        if self.client_sent > 0 && self.client_sent == self.client_out.len() {
-            self.client_out.clear();
-            self.client_sent = 0;
-        }
-        self.client_out.extend_from_slice(bytes);
-    }
-
-    /// Writes the client's pending bytes as far as the stream takes them without waiting;
-    /// errors and the rest are left to the session's loop.
-    fn write_now<W: AsyncWrite + Unpin>(&mut self, client: &mut W) {
-        while self.client_sent < self.client_out.len() {
-            let write = std::pin::pin!(client.write(&self.client_out[self.client_sent..]));
-            match poll_once(write) {
-                Some(Ok(n)) if n > 0 => self.sent(n),
-                _ => return,
-            }
-        }
-    }
-
-    fn sent(&mut self, n: usize) {
-        self.client_sent += n;
-        if self.client_sent == self.client_out.len() {
-            self.client_out.clear();
-            self.client_sent = 0;
-            if self.client_out.capacity() > READ_CHUNK {
-                // A large response went out; an idle session keeps no large buffer.
-                self.client_out = Vec::new();
-            }
-        }
-    }
-}
-
-/// Empties a read buffer and sizes it for the next read: a read that filled it means data
-/// is flowing (read more at once); a short one means the session is quiet again, and an
-/// idle session should not sit on 16 KiB each way.
-fn resize_for_next(buf: &mut Vec<u8>, n: usize) {
-    buf.clear();
-    if n >= buf.capacity() && buf.capacity() < READ_CHUNK {
-        *buf = Vec::with_capacity(READ_CHUNK);
-    } else if n < IDLE_READ && buf.capacity() > IDLE_READ {
-        *buf = Vec::with_capacity(IDLE_READ);
-    }
 }
 
 /// The next change of the active backend; never, without failover.
@@ -502,14 +452,4 @@ pub(super) fn tag_of(bytes: &[u8]) -> Option<String> {
     let end = bytes.iter().position(|&b| b == b' ')?;
     let tag = std::str::from_utf8(&bytes[..end]).ok()?;
     (!tag.is_empty() && tag != "*" && tag != "+").then(|| tag.to_string())
-}
-
-/// Polls `future` once; `Some` if it finished right away. A pending future is dropped, and
-/// the caller's event loop polls the same resource again with its own waker.
-fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match future.poll(&mut cx) {
-        std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => None,
-    }
 }
