@@ -190,6 +190,16 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
         "UID {read} is another message now:\n{}",
         String::from_utf8_lossy(&body)
     );
+    // A search with RETURN options (ESEARCH) names the UIDs the client knows, both ways.
+    let found = client.ok(json!({
+        "op": "raw", "command": "UID",
+        "args": ["SEARCH", "RETURN", "(MIN COUNT)", "UID", read.to_string()],
+    }));
+    let esearch = found["untagged"].to_string();
+    assert!(
+        esearch.contains(&format!("UID MIN {read} COUNT 1")),
+        "UID SEARCH RETURN for UID {read}: {esearch}"
+    );
     // The client learns that the message the replica never had is gone.
     assert!(
         noop["untagged"].to_string().contains("EXPUNGE"),

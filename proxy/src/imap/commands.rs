@@ -9,6 +9,7 @@ use imap_codec::imap_types::command::CommandBody;
 use super::framing::{ClientEvent, ClientMessage};
 use super::modseq;
 use super::pump::Pump;
+use super::search_return::{self, Split};
 use super::session::{Next, Session, tag_of};
 
 impl Session {
@@ -68,6 +69,10 @@ impl Session {
         let command = match decoded {
             Ok((b"", command)) => command,
             _ => {
+                if let Some(split) = search_return::split(&message) {
+                    self.search_with_options(message, split);
+                    return;
+                }
                 // Not levee's to judge: the server answers it (BAD, most likely).
                 let tag = tag_of(&message.bytes);
                 self.state.opaque_sent(tag);
@@ -148,5 +153,38 @@ impl Session {
         if self.translate_next.is_some() {
             self.request_listing();
         }
+    }
+
+    /// A SEARCH with RETURN options: the rest is read and translated as a plain SEARCH,
+    /// with ALL asked for as well where MIN and MAX cannot be mapped one by one.
+    fn search_with_options(&mut self, message: ClientMessage, split: Split) {
+        let decoded = CommandCodec::default().decode(&split.plain.bytes);
+        let Ok((b"", mut command)) = decoded else {
+            self.state.opaque_sent(tag_of(&message.bytes));
+            self.send_upstream(message);
+            return;
+        };
+        let uid = matches!(command.body, CommandBody::Search { uid: true, .. });
+        let reordered = match uid {
+            false => self.seqmap.is_some(),
+            true => self.translation.as_ref().is_some_and(|t| !t.ordered),
+        };
+        let tag = command.tag.inner().to_string();
+        let mut options = split.options;
+        if reordered && let Some(with_all) = search_return::with_all(&options) {
+            options = with_all;
+            self.esearch_drop_all = Some(tag.clone());
+        }
+        self.state.command_sent(&command);
+        if super::changes::replayable(&command) {
+            self.replay.push((tag, message));
+        }
+        let shifted = modseq::command(&mut command, self.modseq);
+        let encoded = match self.translated(&command) {
+            Some(translated) => translated,
+            None if shifted => super::rewrite::encode(&command),
+            None => split.plain.clone(),
+        };
+        self.send_upstream(search_return::join(encoded, &options));
     }
 }

@@ -21,6 +21,7 @@ pub mod rebuild;
 pub mod registry;
 pub mod responses;
 pub mod rewrite;
+pub mod search_return;
 pub mod seqmap;
 pub mod session;
 pub mod state;

@@ -403,18 +403,35 @@ fn translate_in_order(text: &str, t: &Translation) -> Option<String> {
     Some(out.join(","))
 }
 
-/// `* ESEARCH (TAG "a") UID ALL set MIN n MAX n COUNT n`.
+/// `* ESEARCH (TAG "a") UID ALL set MIN n MAX n COUNT n`. With ALL there, MIN and MAX
+/// are the lowest and highest of its UIDs as the client knows them (the replica's lowest
+/// need not be the client's).
 fn esearch(text: &str, t: &Translation) -> Option<Vec<u8>> {
     let body = text.trim_end();
+    let words: Vec<&str> = body.split(' ').collect();
+    let all: Option<Vec<u32>> = words
+        .windows(2)
+        .find(|pair| pair[0].eq_ignore_ascii_case("ALL"))
+        .and_then(|pair| SequenceSet::try_from(pair[1]).ok())
+        .and_then(|set| super::seqmap::expand(&t.to_presented(&set), super::seqmap::MAX_LISTED));
     let mut out: Vec<String> = Vec::new();
-    let mut words = body.split(' ').peekable();
+    let mut words = words.into_iter();
     while let Some(word) = words.next() {
         out.push(word.to_string());
         let upper = word.to_ascii_uppercase();
         if matches!(upper.as_str(), "ALL" | "MIN" | "MAX")
             && let Some(value) = words.next()
         {
-            out.push(translate_set(value, t).unwrap_or_else(|| value.to_string()));
+            let from_all = match (upper.as_str(), &all) {
+                ("MIN", Some(all)) => all.iter().min().map(u32::to_string),
+                ("MAX", Some(all)) => all.iter().max().map(u32::to_string),
+                _ => None,
+            };
+            out.push(
+                from_all
+                    .or_else(|| translate_set(value, t))
+                    .unwrap_or_else(|| value.to_string()),
+            );
         }
     }
     Some(format!("{}\r\n", out.join(" ")).into_bytes())

@@ -165,3 +165,27 @@ fn a_set_naming_messages_many_times_maps_each_once() {
         vec![1, 2, 3, 4]
     );
 }
+
+#[test]
+fn uid_esearch_min_and_max_come_from_all_in_the_clients_order() {
+    let t = translation();
+    let head = |line: &str| {
+        crate::imap::rewrite::response_head(line.as_bytes(), &t, true)
+            .map(|b| String::from_utf8(b).unwrap())
+    };
+    // The replica's 1 and 2 are b and a: the client's 2 and 1. The lowest of them for
+    // the client is 1, though the replica's lowest (its 1) is the client's 2.
+    assert_eq!(
+        head("* ESEARCH (TAG \"a\") UID MIN 1 ALL 1:2 MAX 2\r\n").as_deref(),
+        Some("* ESEARCH (TAG \"a\") UID MIN 1 ALL 1:2 MAX 2\r\n")
+    );
+    assert_eq!(
+        head("* ESEARCH (TAG \"a\") UID ALL 1,3 MIN 1 MAX 3 COUNT 2\r\n").as_deref(),
+        Some("* ESEARCH (TAG \"a\") UID ALL 2,4 MIN 2 MAX 4 COUNT 2\r\n")
+    );
+    // Without ALL each is translated where it stands.
+    assert_eq!(
+        head("* ESEARCH (TAG \"a\") UID MIN 1\r\n").as_deref(),
+        Some("* ESEARCH (TAG \"a\") UID MIN 2\r\n")
+    );
+}

@@ -25,6 +25,7 @@ use super::modseq::{self, Shift};
 use super::pump::{IDLE_READ, Pump, resize_for_next};
 use super::registry::Following;
 use super::responses::{Piece, ResponseScanner};
+use super::search_return;
 use super::seqmap::SeqMap;
 use super::state::{SessionState, tagged_status};
 use super::uidmap::Translation;
@@ -97,6 +98,8 @@ pub struct Session {
     pub(super) copied: Option<Vec<u32>>,
     /// A SELECT with QRESYNC's values, waiting for its translation.
     pub(super) held_select: Option<ClientMessage>,
+    /// The tag of a SEARCH whose RETURN options levee added ALL to: left out of its answer.
+    pub(super) esearch_drop_all: Option<String>,
     /// What the client is shown of the server's mod-sequences, for this epoch.
     pub(super) modseq: Shift,
 }
@@ -142,6 +145,7 @@ impl Session {
             replay: Vec::new(),
             copied: None,
             held_select: None,
+            esearch_drop_all: None,
             modseq: shared_shift,
         }
     }
@@ -400,6 +404,9 @@ impl Session {
         } else if let Some((tag, status)) = tagged_status(&line) {
             let tag = tag.to_string();
             self.replay.retain(|(t, _)| *t != tag);
+            if self.esearch_drop_all.as_ref() == Some(&tag) {
+                self.esearch_drop_all = None;
+            }
             if self.backend == Backend::Replica
                 && let Some(source) = copyuid_source(&line)
             {
@@ -418,6 +425,10 @@ impl Session {
             .translated_head(&line)
             .or_else(|| caps::rewrite_head(&line, self.tls))
             .unwrap_or(line);
+        let line = match &self.esearch_drop_all {
+            Some(tag) => search_return::without_all(&line, tag).unwrap_or(line),
+            None => line,
+        };
         match modseq::response_head(&line, self.modseq) {
             Some(shifted) => pump.say(&shifted),
             None => pump.say(&line),
