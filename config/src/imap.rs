@@ -26,6 +26,12 @@ pub struct Imap {
     /// least 30 minutes; IDLE clients re-issue IDLE before that).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A session in IDLE this long with nothing else under way hibernates: levee closes
+    /// its connection to the IMAP server and tells the client of new mail, flag changes
+    /// and expunges itself, from the mailbox it follows anyway; the client's next command
+    /// opens the session again. 0: never.
+    #[serde(with = "humantime_serde")]
+    pub hibernate_after: Duration,
     /// Connecting to the IMAP server and waiting for its greeting.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -46,6 +52,7 @@ impl Default for Imap {
             allow_plaintext_auth: false,
             login_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(31 * 60),
+            hibernate_after: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_ip: 2000,

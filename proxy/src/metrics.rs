@@ -30,6 +30,9 @@ pub const ACTIVE_BACKEND: &str = "levee_active_backend";
 pub const EPOCH: &str = "levee_epoch";
 pub const FAILOVER_TRANSITIONS: &str = "levee_failover_transitions_total";
 pub const IMAP_MIGRATIONS: &str = "levee_imap_migrations_total";
+pub const IMAP_HIBERNATING: &str = "levee_imap_sessions_hibernating";
+pub const IMAP_HIBERNATIONS: &str = "levee_imap_hibernations_total";
+pub const IMAP_WAKES: &str = "levee_imap_wakes_total";
 pub const IMAP_PROTOCOL_ERRORS: &str = "levee_imap_protocol_errors_total";
 pub const IMAP_CHANGES_JOURNALED: &str = "levee_imap_changes_journaled_total";
 pub const IMAP_CHANGES_LOST: &str = "levee_imap_changes_lost_total";
@@ -84,6 +87,18 @@ fn describe() {
     describe_counter!(
         FAILOVER_TRANSITIONS,
         "Changes of the active backend (automatic or by an admin)"
+    );
+    describe_gauge!(
+        IMAP_HIBERNATING,
+        "IMAP sessions in IDLE whose connection to the IMAP server levee has closed"
+    );
+    describe_counter!(
+        IMAP_HIBERNATIONS,
+        "IMAP sessions that went into hibernation (IDLE served by levee)"
+    );
+    describe_counter!(
+        IMAP_WAKES,
+        "hibernating IMAP sessions opened again on the IMAP server for a client command"
     );
     describe_counter!(
         IMAP_MIGRATIONS,

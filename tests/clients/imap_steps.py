@@ -19,6 +19,10 @@ command per line from stdin and answers each with ONE JSON line on stdout:
   {"op": "noop"}                               -> {"ok"}
   {"op": "raw", "command": "UID", "args": ["FETCH", "1:*", "(FLAGS) (CHANGEDSINCE 5)"]}
                                                -> {"ok"}  (any command, its words as given)
+  {"op": "idle"}                               -> {"ok"}  (IDLE, once the server said "+")
+  {"op": "idle_wait", "until": "EXISTS"}       -> {"ok", "lines"}  (lines read in IDLE, up to
+                                                  the first naming "until")
+  {"op": "idle_done"}                          -> {"ok", "lines"}  (DONE, up to IDLE's end)
   {"op": "logout"}                             -> {"ok"} and exit
 
 Every answer also carries "untagged": the untagged responses seen since the previous
@@ -120,6 +124,29 @@ def step(imap, cmd):
         if name in ("SELECT", "EXAMINE") and typ == "OK":
             imap.state = "SELECTED"
         return {"ok": typ == "OK", "error": repr(data)}
+    if op == "idle":
+        tag = imap._new_tag()
+        imap.send(tag + b" IDLE\r\n")
+        line = imap._get_line()
+        imap.levee_idle_tag = tag
+        return {"ok": line.startswith(b"+"), "error": line.decode("utf-8", "replace")}
+    if op == "idle_wait":
+        wanted = cmd["until"].upper().encode()
+        lines = []
+        while True:
+            line = imap._get_line()
+            lines.append(line.decode("utf-8", "replace"))
+            if wanted in line.upper():
+                return {"ok": True, "lines": lines}
+    if op == "idle_done":
+        tag = imap.levee_idle_tag
+        imap.send(b"DONE\r\n")
+        lines = []
+        while True:
+            line = imap._get_line()
+            lines.append(line.decode("utf-8", "replace"))
+            if line.startswith(tag + b" "):
+                return {"ok": line.startswith(tag + b" OK"), "lines": lines}
     if op == "noop":
         typ, data = imap.noop()
         return {"ok": typ == "OK"}

@@ -21,33 +21,38 @@ impl Session {
             let Some(event) = self.framer.next_event() else {
                 return;
             };
-            match event {
-                ClientEvent::Message(message) => self.client_message(pump, message),
-                ClientEvent::GoAhead => pump.say(b"+ Ready for literal data\r\n"),
-                ClientEvent::LiteralRefused { tag, length } => {
-                    let max = self.shared.config.imap.max_literal;
-                    pump.say(
-                        format!(
-                            "{} NO [TOOBIG] A literal of {length} bytes is over the limit of {max}\r\n",
-                            tag.as_deref().unwrap_or("*")
-                        )
-                        .as_bytes(),
-                    );
-                }
-                ClientEvent::TooBig { tag } => {
-                    pump.say(
-                        format!(
-                            "{} BAD [TOOBIG] Command too large\r\n",
-                            tag.as_deref().unwrap_or("*")
-                        )
-                        .as_bytes(),
-                    );
-                }
-                ClientEvent::LineTooLong => {
-                    metrics::counter!(crate::metrics::IMAP_PROTOCOL_ERRORS).increment(1);
-                    pump.say(b"* BYE Command line too long\r\n");
-                    pump.closing = true;
-                }
+            self.client_event(pump, event);
+        }
+    }
+
+    /// Acts on one of the client's messages or the framer's findings.
+    pub(super) fn client_event(&mut self, pump: &mut Pump, event: ClientEvent) {
+        match event {
+            ClientEvent::Message(message) => self.client_message(pump, message),
+            ClientEvent::GoAhead => pump.say(b"+ Ready for literal data\r\n"),
+            ClientEvent::LiteralRefused { tag, length } => {
+                let max = self.shared.config.imap.max_literal;
+                pump.say(
+                    format!(
+                        "{} NO [TOOBIG] A literal of {length} bytes is over the limit of {max}\r\n",
+                        tag.as_deref().unwrap_or("*")
+                    )
+                    .as_bytes(),
+                );
+            }
+            ClientEvent::TooBig { tag } => {
+                pump.say(
+                    format!(
+                        "{} BAD [TOOBIG] Command too large\r\n",
+                        tag.as_deref().unwrap_or("*")
+                    )
+                    .as_bytes(),
+                );
+            }
+            ClientEvent::LineTooLong => {
+                metrics::counter!(crate::metrics::IMAP_PROTOCOL_ERRORS).increment(1);
+                pump.say(b"* BYE Command line too long\r\n");
+                pump.closing = true;
             }
         }
     }

@@ -293,8 +293,14 @@ impl Session {
 
     /// After a move to the replica with a mailbox selected: translate from now on (with
     /// `listed`, the replica's UIDs right after the new SELECT, numbers too), and expunge
-    /// (for the client) the messages it knew that the replica does not have.
-    pub(super) async fn arrive(&mut self, pump: &mut Pump, listed: Option<Vec<u32>>) {
+    /// (for the client, with `expunge`) the messages it knew that the replica does not
+    /// have.
+    pub(super) async fn arrive(
+        &mut self,
+        pump: &mut Pump,
+        listed: Option<Vec<u32>>,
+        expunge: bool,
+    ) {
         self.translation = None;
         self.seqmap = None;
         self.follow_selected();
@@ -310,7 +316,7 @@ impl Session {
         if let (Some(t), Some(listed)) = (&self.translation, &listed) {
             self.seqmap = SeqMap::new(t, listed, 0).map(Box::new);
         }
-        let Some(translation) = &self.translation else {
+        let Some(translation) = self.translation.as_ref().filter(|_| expunge) else {
             return;
         };
         for seq in &translation.expunge_seqs {

@@ -129,7 +129,7 @@ impl Session {
         }
     }
 
-    async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
+    pub(super) async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
         if let Err(err) = self.try_migrate(pump, target).await {
             tracing::warn!(to = ?target, %err, "could not move the IMAP session");
             pump.say(b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n");
@@ -157,18 +157,28 @@ impl Session {
                 self.translation.is_some() || self.shared.registry.any_home()
             }
             (Backend::Primary, None) => false,
-        };
+        } || self.view.is_some();
         let rebuilt = rebuild(addr, &self.state, limit, list).await;
         drop(turn);
         match rebuilt {
             Ok(rebuilt) => {
                 let (read, write) = rebuilt.stream.into_split();
-                self.up_read = read;
-                self.up_write = write;
+                self.up_read = Some(read);
+                self.up_write = Some(write);
                 self.scanner = ResponseScanner::default();
                 self.backend = target;
                 self.modseq = self.shared.modseq_shift();
-                self.arrive(pump, rebuilt.listed).await;
+                // A session back from hibernation: what the client knows is known exactly.
+                let view = self.view.take();
+                let listed = view.as_ref().and(rebuilt.listed.clone());
+                self.arrive(pump, rebuilt.listed, view.is_none()).await;
+                if let (Some(mut view), Some(listed)) = (view, listed) {
+                    let now: Vec<u32> =
+                        listed.into_iter().filter_map(|u| self.present(u)).collect();
+                    for line in view.update(&crate::imap::view::sorted(now), u32::MAX) {
+                        pump.say(line.as_bytes());
+                    }
+                }
                 if let Some(exists) = rebuilt.exists {
                     pump.say(exists.as_bytes());
                 }

@@ -11,6 +11,7 @@ mod commands;
 pub mod conn;
 mod continuity;
 pub mod framing;
+mod hibernate;
 pub mod homecoming;
 pub mod identity;
 pub mod known_at_replica;
@@ -29,6 +30,8 @@ pub mod state;
 mod test_support;
 pub mod tracker;
 pub mod uidmap;
+mod upstream;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

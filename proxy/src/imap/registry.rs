@@ -19,6 +19,7 @@ use super::known_at_replica::{self, Keeper, KnownAtReplica};
 use super::state::Credentials;
 use super::tracker;
 use super::uidmap::{Catalogue, Translation};
+use super::view::FlagLog;
 use crate::failover::controller::Backend;
 use crate::failover::driver::Failover;
 use crate::smtp::now_ms;
@@ -47,6 +48,10 @@ pub struct Followed {
     pub poke: Notify,
     /// The catalogue has been filled once.
     pub ready: watch::Sender<bool>,
+    /// The flag changes of the last looks; its version goes up with every look that
+    /// changed the mailbox, and is published for hibernating sessions.
+    pub flag_log: Mutex<FlagLog>,
+    pub news: watch::Sender<u64>,
     sessions: Mutex<usize>,
     stop: Mutex<Option<CancellationToken>>,
 }
@@ -54,6 +59,16 @@ pub struct Followed {
 impl Followed {
     pub fn catalogue(&self) -> MutexGuard<'_, Catalogue> {
         self.catalogue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn flag_log(&self) -> MutexGuard<'_, FlagLog> {
+        self.flag_log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A look changed the mailbox: `flags` are its flag changes (server UIDs).
+    pub fn changed(&self, flags: Vec<(u32, Vec<String>)>) {
+        let version = self.flag_log().record(flags);
+        self.news.send_replace(version);
     }
 }
 
@@ -112,6 +127,10 @@ impl Drop for Following {
 }
 
 impl Following {
+    pub fn followed(&self) -> &Arc<Followed> {
+        &self.followed
+    }
+
     /// Waits (at most `limit`) until levee knows the mailbox: a change the client makes
     /// from then on is seen as a change.
     pub async fn ready(&self, limit: Duration) {
@@ -172,6 +191,8 @@ impl Registry {
                     catalogue: Mutex::new(Catalogue::default()),
                     poke: Notify::new(),
                     ready: watch::Sender::new(false),
+                    flag_log: Mutex::new(FlagLog::default()),
+                    news: watch::Sender::new(0),
                     sessions: Mutex::new(0),
                     stop: Mutex::new(None),
                 })

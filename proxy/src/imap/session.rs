@@ -29,6 +29,7 @@ use super::search_return;
 use super::seqmap::SeqMap;
 use super::state::{SessionState, tagged_status};
 use super::uidmap::Translation;
+use super::view::View;
 use crate::failover::controller::Backend;
 use crate::failover::driver::Active;
 use tokio::sync::watch;
@@ -59,8 +60,9 @@ pub(super) enum Out {
 pub struct Session {
     pub(super) shared: Arc<ImapShared>,
     pub(super) tls: ClientTls,
-    pub(super) up_read: OwnedReadHalf,
-    pub(super) up_write: OwnedWriteHalf,
+    /// The connection to the server: `None` while the session hibernates.
+    pub(super) up_read: Option<OwnedReadHalf>,
+    pub(super) up_write: Option<OwnedWriteHalf>,
     pub(super) framer: ClientFramer,
     pub(super) scanner: ResponseScanner,
     pub(super) up_out: VecDeque<Out>,
@@ -102,6 +104,9 @@ pub struct Session {
     pub(super) esearch_drop_all: Option<String>,
     /// What the client is shown of the server's mod-sequences, for this epoch.
     pub(super) modseq: Shift,
+    /// While hibernating, and until it is open on a server again: the messages the
+    /// client knows.
+    pub(super) view: Option<Box<View>>,
 }
 
 impl Session {
@@ -124,8 +129,8 @@ impl Session {
         Session {
             shared,
             tls,
-            up_read,
-            up_write,
+            up_read: Some(up_read),
+            up_write: Some(up_write),
             framer,
             scanner: ResponseScanner::default(),
             up_out: VecDeque::new(),
@@ -147,6 +152,7 @@ impl Session {
             held_select: None,
             esearch_drop_all: None,
             modseq: shared_shift,
+            view: None,
         }
     }
 
@@ -196,6 +202,11 @@ impl Session {
         let mut last_read = started;
         let mut deadline = self.deadline(started, last_read);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+        // A session quiet this long in IDLE hibernates (see `super::hibernate`); like the
+        // timer above, moved only when it fires.
+        let hibernate_after = self.shared.config.imap.hibernate_after;
+        let mut last_heard = started;
+        let mut rest = std::pin::pin!(tokio::time::sleep_until(started + hibernate_after));
         // Shutting down: no new commands are read; the BYE waits until nothing is in flight.
         let mut stopping = false;
         while !pump.closing {
@@ -217,15 +228,16 @@ impl Session {
                         _ => return,
                     }
                 }
-                written = self.up_write.write(front_bytes(&self.up_out)), if up_writable => {
+                written = super::upstream::write_up(&mut self.up_write, super::upstream::front_bytes(&self.up_out)), if up_writable => {
                     match written {
                         Ok(n) if n > 0 => self.advance_up(n),
                         _ => Box::pin(self.upstream_lost(pump)).await,
                     }
                 }
-                read = self.up_read.read_buf(&mut from_upstream), if read_upstream => {
+                read = super::upstream::read_up(&mut self.up_read, &mut from_upstream), if read_upstream => {
                     match read {
                         Ok(n) if n > 0 => {
+                            last_heard = Instant::now();
                             self.scanner.push(&from_upstream);
                             resize_for_next(&mut from_upstream, n);
                             self.relay_responses(pump);
@@ -280,6 +292,18 @@ impl Session {
                         }
                     }
                 }
+                _ = rest.as_mut(), if !hibernate_after.is_zero() => {
+                    let due = last_heard.max(last_read) + hibernate_after;
+                    if Instant::now() < due {
+                        rest.as_mut().reset(due);
+                    } else {
+                        if self.may_hibernate() {
+                            Box::pin(self.hibernate(pump, client_read, client_write)).await;
+                            last_read = Instant::now();
+                        }
+                        rest.as_mut().reset(Instant::now() + hibernate_after);
+                    }
+                }
                 _ = timer.as_mut() => {
                     deadline = self.deadline(started, last_read);
                     if Instant::now() < deadline {
@@ -311,45 +335,6 @@ impl Session {
         }
     }
 
-    /// Writes what the upstream outbox holds as far as the socket takes it without waiting,
-    /// saving a turn of the session's loop per command; errors are left to that loop.
-    fn write_upstream_now(&mut self) {
-        while let Some(Out::Bytes(bytes, sent)) = self.up_out.front() {
-            match self.up_write.try_write(&bytes[*sent..]) {
-                Ok(n) if n > 0 => self.advance_up(n),
-                _ => return,
-            }
-        }
-    }
-
-    fn advance_up(&mut self, mut n: usize) {
-        self.up_out_bytes = self.up_out_bytes.saturating_sub(n);
-        while n > 0 {
-            let Some(Out::Bytes(bytes, sent)) = self.up_out.front_mut() else {
-                return;
-            };
-            let take = n.min(bytes.len() - *sent);
-            *sent += take;
-            n -= take;
-            if *sent == bytes.len() {
-                self.up_out.pop_front();
-            }
-        }
-    }
-
-    pub(super) fn send_upstream(&mut self, message: ClientMessage) {
-        self.up_out_bytes += message.bytes.len();
-        let mut start = 0;
-        for point in message.sync_points {
-            self.up_out
-                .push_back(Out::Bytes(message.bytes[start..point].to_vec(), 0));
-            self.up_out.push_back(Out::GoAhead);
-            start = point;
-        }
-        self.up_out
-            .push_back(Out::Bytes(message.bytes[start..].to_vec(), 0));
-    }
-
     /// Relays the server's responses, reading and rewriting their heads as needed.
     pub(super) fn relay_responses(&mut self, pump: &mut Pump) {
         while let Some(piece) = self.scanner.next_piece() {
@@ -361,7 +346,7 @@ impl Session {
         self.scanner.compact();
     }
 
-    fn response_head(&mut self, pump: &mut Pump, line: Vec<u8>) {
+    pub(super) fn response_head(&mut self, pump: &mut Pump, line: Vec<u8>) {
         if line.starts_with(b"+") {
             if matches!(self.up_out.front(), Some(Out::GoAhead)) {
                 // The server's go-ahead for a literal levee already granted the client.
@@ -437,25 +422,18 @@ impl Session {
 }
 
 /// Whether `line` is an untagged `BYE` response.
-fn is_untagged_bye(line: &[u8]) -> bool {
+pub(super) fn is_untagged_bye(line: &[u8]) -> bool {
     line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"* BYE")
 }
 
 /// The next change of the active backend; never, without failover.
-async fn next_active(active: &mut Option<watch::Receiver<Active>>) -> Active {
+pub(super) async fn next_active(active: &mut Option<watch::Receiver<Active>>) -> Active {
     if let Some(rx) = active
         && rx.changed().await.is_ok()
     {
         return *rx.borrow_and_update();
     }
     std::future::pending().await
-}
-
-fn front_bytes(out: &VecDeque<Out>) -> &[u8] {
-    match out.front() {
-        Some(Out::Bytes(bytes, sent)) => &bytes[*sent..],
-        _ => &[],
-    }
 }
 
 /// The tag a message starts with, when it looks like one.

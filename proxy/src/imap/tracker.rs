@@ -169,6 +169,9 @@ impl Follower {
         let (_, mailbox) = &self.followed.key;
         let mut expunged = Vec::new();
         let mut flagged = Vec::new();
+        // The same changes by the server's UIDs, for hibernating sessions.
+        let mut flag_news = Vec::new();
+        let came = !new.is_empty();
         {
             let mut catalogue = self.followed.catalogue();
             catalogue.messages.retain(|uid, known| match now.get(uid) {
@@ -180,6 +183,7 @@ impl Follower {
                     if *flags != known.flags {
                         known.flags = flags.clone();
                         flagged.push((known.identity.to_ref(*uid), flags.clone()));
+                        flag_news.push((*uid, flags.clone()));
                     }
                     true
                 }
@@ -188,6 +192,9 @@ impl Follower {
                 catalogue.uidnext = catalogue.uidnext.max(known.uid + 1);
                 catalogue.messages.insert(known.uid, known);
             }
+        }
+        if came || !expunged.is_empty() || !flag_news.is_empty() {
+            self.followed.changed(flag_news);
         }
         // Journal only while the site is active: what the other site's clients did is not
         // news, and after a failover what the primary says is not news for the replica.
