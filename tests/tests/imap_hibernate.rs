@@ -126,8 +126,11 @@ fn idle_sessions_hibernate_hear_news_from_levee_and_wake_with_their_uids() {
         .kill_dovecot()
         .expect("kill the primary's Dovecot");
     wait_metric(&primary, "levee_imap_migrations_total", 1.0);
+    // As after any move: the count, unchanged.
+    let moved = idle_until(&mut client, "EXISTS");
+    assert!(moved.contains("* 2 EXISTS"), "{moved}");
     deliver(&primary, "four@example.org");
-    let exists = idle_until(&mut client, "EXISTS");
+    let exists = idle_until(&mut client, "3 EXISTS");
     assert!(exists.contains("* 3 EXISTS"), "{exists}");
     assert_eq!(
         primary.levee.metric("levee_imap_wakes_total"),

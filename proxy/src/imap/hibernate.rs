@@ -330,6 +330,10 @@ impl Session {
         // The flags are the primary's as journaled; only the messages are compared.
         let mut seen = self.news_version();
         self.tell_news(pump, &mut seen);
+        // As after a migration: the count at the new site (the same, most often).
+        if let Some(view) = &self.view {
+            pump.say(format!("* {} EXISTS\r\n", view.uids().len()).as_bytes());
+        }
         metrics::counter!(m::IMAP_MIGRATIONS).increment(1);
         tracing::debug!(to = ?target, "hibernating IMAP session moved");
     }

@@ -11,14 +11,22 @@ use super::SESSIONS_PER_USER;
 /// checks, replication, with room to spare (an idle levee holds about 20).
 const FILES_SPARE: u64 = 256;
 
+/// Sessions of a hibernating run that may not have hibernated yet while they are opened
+/// (each holds a second socket until it does).
+const AWAKE_AT_ONCE: usize = 2000;
+
 /// Open files the process that needs the most (levee) needs for `imap` IMAP sessions, or
 /// `smtp` SMTP sessions (they are never open at once): two sockets per session (the
-/// client's and the server's) and one per user for the mailbox levee follows at the
-/// primary. The bench itself holds one socket per session, Dovecot's login process at most
-/// one per session of the yardstick.
-pub(crate) fn files_needed(imap: usize, smtp: usize) -> u64 {
+/// client's and the server's; one once it hibernates) and one per user for the mailbox
+/// levee follows. The bench itself holds one socket per session, Dovecot's login process
+/// at most one per session of the yardstick.
+pub(crate) fn files_needed(imap: usize, smtp: usize, hibernating: bool) -> u64 {
     let users = imap.div_ceil(SESSIONS_PER_USER) as u64;
-    2 * imap.max(smtp) as u64 + users + FILES_SPARE
+    let imap_files = match hibernating {
+        true => (imap + imap.min(AWAKE_AT_ONCE)) as u64,
+        false => 2 * imap as u64,
+    };
+    imap_files.max(2 * smtp as u64) + users + FILES_SPARE
 }
 
 /// The most IMAP sessions for which `limit` open files are enough.
@@ -119,11 +127,14 @@ pub(crate) fn imap_connections(sessions: usize) -> usize {
 /// listener, loopback only), its `*_timeout` keys dropped (levee's defaults) and room for
 /// `sessions` from one address; `[smtp]` with `command_timeout` dropped (the default
 /// keeps a silent client 5 minutes) and no limit per address.
-pub(crate) fn levee_config_edited(text: &str, sessions: usize) -> String {
-    let imap = format!(
+pub(crate) fn levee_config_edited(text: &str, sessions: usize, hibernate: Option<&str>) -> String {
+    let mut imap = format!(
         "allow_plaintext_auth = true\nmax_connections = {}\nmax_connections_per_ip = 0\n",
         imap_connections(sessions)
     );
+    if let Some(after) = hibernate {
+        imap.push_str(&format!("hibernate_after = \"{after}\"\n"));
+    }
     let text = section_edited(text, "imap", |l| l.contains("_timeout"), &imap);
     section_edited(
         &text,
@@ -170,21 +181,26 @@ mod tests {
                     [[smtp.listen]]\naddr = \"y\"\n\n[imap]\nlogin_timeout = \"10s\"\nconnect_timeout = \"2s\"\n\n\
                     [[imap.listen]]\naddr = \"x\"\n";
         assert_eq!(
-            levee_config_edited(text, 1000),
+            levee_config_edited(text, 1000, None),
             "[smtp]\nmax_connections = 10000\nmax_connections_per_ip = 0\nhostname = \"h\"\n\
              connect_timeout = \"2s\"\n\n[[smtp.listen]]\naddr = \"y\"\n\n[imap]\n\
              allow_plaintext_auth = true\nmax_connections = 10000\nmax_connections_per_ip = 0\n\n\
              [[imap.listen]]\naddr = \"x\"\n"
         );
-        assert!(levee_config_edited(text, 20_000).contains("max_connections = 40000\n"));
+        assert!(levee_config_edited(text, 20_000, None).contains("max_connections = 40000\n"));
     }
 
     #[test]
     fn files_for_many_sessions() {
-        assert_eq!(files_needed(1000, 1000), 2356);
-        assert_eq!(files_needed(10_000, 1000), 21_256);
+        assert_eq!(files_needed(1000, 1000, false), 2356);
+        assert_eq!(files_needed(10_000, 1000, false), 21_256);
         assert_eq!(sessions_within(20_000), 9401);
-        assert!(files_needed(9401, 1000) <= 20_000);
-        assert!(files_needed(9402, 1000) > 20_000);
+        assert!(files_needed(9401, 1000, false) <= 20_000);
+        assert!(files_needed(9402, 1000, false) > 20_000);
+        // Hibernating sessions hold one socket each once they hibernate.
+        assert_eq!(files_needed(10_000, 1000, true), 13_256);
+        assert!(
+            levee_config_edited("[imap]\n", 10, Some("1s")).contains("hibernate_after = \"1s\"\n")
+        );
     }
 }

@@ -71,6 +71,11 @@ struct Args {
     /// none).
     #[arg(long, default_value_t = 1000)]
     smtp_sessions: usize,
+    /// levee's `[imap] hibernate_after` in the many-sessions phase (e.g. `1s`): the
+    /// sessions hibernate before they are measured and moved. Without it, levee's default
+    /// (30 s) lets them all move awake.
+    #[arg(long)]
+    hibernate_after: Option<String>,
     /// Run this phase only (its own section with `--write`).
     #[arg(long, value_enum)]
     only: Option<Phase>,
@@ -132,7 +137,7 @@ fn deliver(site: &Site, users: &[String], prefix: &str) -> Result<()> {
 /// address (every client is 127.0.0.1), restarting levee.
 fn allow_plaintext(site: &mut Site) {
     site.levee
-        .reconfigure(|text| limits::levee_config_edited(text, 1));
+        .reconfigure(|text| limits::levee_config_edited(text, 1, None));
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
@@ -178,7 +183,11 @@ fn bench() -> Result<()> {
         "nothing to measure"
     );
     levee_proxy::mailstack::check_installed()?;
-    let files = limits::raise_open_files(limits::files_needed(a.sessions, a.smtp_sessions))?;
+    let files = limits::raise_open_files(limits::files_needed(
+        a.sessions,
+        a.smtp_sessions,
+        a.hibernate_after.is_some(),
+    ))?;
     eprintln!("open files limit: {files}");
     let (started, load_before) = (Instant::now(), levee_tests::bench::load_average());
     let rt = runtime()?;

@@ -88,6 +88,17 @@ pub(crate) fn table(o: &mut String, a: &Args, many: &[Many]) {
             thousands(m as f64)
         ),
     };
+    let hibernating = match &a.hibernate_after {
+        Some(after) => format!(
+            " **Hibernating sessions** (`--hibernate-after {after}`, levee's `[imap] \
+             hibernate_after`): after {after} in IDLE a session's connection to Dovecot is \
+             closed and levee serves its IDLE from the mailbox it follows; levee's RSS is read \
+             once `levee_imap_sessions_hibernating` counts every session, and on the kill a \
+             session moves by following its mailbox at the replica (no login there until its \
+             client sends a command): the `EXISTS` its client reads is the count there."
+        ),
+        None => String::new(),
+    };
     let _ = write!(
         o,
         "### {} idle sessions: memory and migration\n\n\
@@ -119,7 +130,7 @@ pub(crate) fn table(o: &mut String, a: &Args, many: &[Many]) {
          inotify instances Linux gives a uid), not levee's sessions alone. Sessions whose \
          connection closes during the move, and sessions told BYE, NO or BAD on the way, are \
          counted (a session told BYE that then reads its EXISTS counts as moved, and as told); \
-         a BYE, NO, BAD or closed connection afterwards fails the bench.\n\n\
+         a BYE, NO, BAD or closed connection afterwards fails the bench.{hibernating}\n\n\
          | figure | median | goal | rounds |\n| --- | --- | --- | --- |\n",
         thousands(n as f64),
         a.parallel,
@@ -281,12 +292,12 @@ pub(crate) fn scale_report(
          {inotify}, as found"
     );
     let more = format!(
-        "- Open files: levee holds two sockets per IMAP session (the client's and Dovecot's) \
-         and one per user (the mailbox it follows at the primary), so {} sessions need about \
-         {} open files with room to spare; at the hard limit of {}, at most {} fit through \
-         one levee.\n",
+        "- Open files: levee holds two sockets per IMAP session (the client's and Dovecot's; \
+         one once the session hibernates) and one per user (the mailbox it follows), so {} \
+         sessions need about {} open files with room to spare; at the hard limit of {}, at \
+         most {} sessions that do not hibernate fit through one levee.\n",
         thousands(a.sessions as f64),
-        thousands(files_needed(a.sessions, a.smtp_sessions) as f64),
+        thousands(files_needed(a.sessions, a.smtp_sessions, a.hibernate_after.is_some()) as f64),
         files.now.1,
         thousands(sessions_within(files.now.1) as f64),
     );

@@ -142,6 +142,9 @@ fn tls_memory(
     let tls = Security::tls(&primary.cert_path())?;
     let imaps = primary.levee.ports.imaps;
     let sessions = rt.block_on(imap_load::open_idle(imaps, &tls, accounts, n, a.parallel))?;
+    if a.hibernate_after.is_some() {
+        until_hibernating(&mut HttpClient::new(primary.levee.ports.metrics), n)?;
+    }
     std::thread::sleep(SETTLE);
     let open = proc_kib(pid, "VmRSS")?;
     eprintln!("{n} TLS sessions: levee RSS {base} -> {open} KiB");
@@ -157,6 +160,24 @@ fn tls_memory(
 fn restart(site: &mut Site) {
     site.levee.stop();
     site.levee.restart();
+}
+
+/// Waits until levee says `n` sessions hibernate.
+fn until_hibernating(http: &mut HttpClient, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let now = http
+            .metric("levee_imap_sessions_hibernating")?
+            .unwrap_or(0.0);
+        if now >= n as f64 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {now} of {n} sessions hibernate after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The failover epoch levee reports.
@@ -184,7 +205,7 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
     );
     primary
         .levee
-        .reconfigure(|text| levee_config_edited(text, n));
+        .reconfigure(|text| levee_config_edited(text, n, a.hibernate_after.as_deref()));
     let tls = tls_memory(a, rt, &primary, &accounts)?;
     restart(&mut primary);
     let smtp = match a.smtp_sessions {
@@ -210,6 +231,9 @@ fn round(a: &Args, rt: &Runtime, round: usize) -> Result<Many> {
         a.parallel,
     ))?;
     let open = started.elapsed();
+    if a.hibernate_after.is_some() {
+        until_hibernating(&mut http, n)?;
+    }
     std::thread::sleep(SETTLE);
     let plain_kib = proc_kib(pid, "VmRSS")?;
     let epoch_now = epoch(&mut http)?;
