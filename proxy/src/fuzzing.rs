@@ -12,11 +12,12 @@ use smtp_proto::Request;
 
 use crate::imap::framing::{ClientEvent, ClientFramer};
 use crate::imap::identity::{Identity, Known};
+use crate::imap::modseq::{self, STEP, Shift};
 use crate::imap::responses::{Piece, ResponseScanner, literal_announced};
 use crate::imap::seqmap::{SeqMap, listed_uids};
 use crate::imap::state::{SessionState, tagged_status};
 use crate::imap::uidmap::{Catalogue, Translation};
-use crate::imap::{changes, rewrite};
+use crate::imap::{changes, rewrite, search_return};
 use crate::smtp::connection::{Body, Connection, Line};
 
 const SMTP_MAX_LINE: usize = 512;
@@ -101,7 +102,8 @@ fn translation() -> (Translation, SeqMap) {
 
 /// A client's bytes on an IMAP connection: framed with levee's bounds, each message
 /// decoded as a command, tracked in a session's state, checked for what it changes, and
-/// rewritten into the replica's UIDs and message numbers.
+/// rewritten into the replica's UIDs, message numbers and mod-sequences (a SEARCH with
+/// RETURN options, which does not decode, split and joined again).
 pub fn imap_client(data: &[u8]) {
     let (step, data) = chunks(data);
     let (t, seq) = translation();
@@ -126,6 +128,18 @@ pub fn imap_client(data: &[u8]) {
             let Ok((_, command)) = CommandCodec::default().decode(&message.bytes) else {
                 state.opaque_sent(None);
                 state.auth_line_sent(&message.bytes);
+                if let Some(split) = search_return::split(&message) {
+                    let plain = &split.plain;
+                    assert!(plain.sync_points.iter().all(|&at| at <= plain.bytes.len()));
+                    let joined = search_return::join(split.plain.clone(), &split.options);
+                    assert!(
+                        joined
+                            .sync_points
+                            .iter()
+                            .all(|&at| at <= joined.bytes.len())
+                    );
+                    let _ = search_return::with_all(&split.options);
+                }
                 continue;
             };
             state.command_sent(&command);
@@ -140,13 +154,26 @@ pub fn imap_client(data: &[u8]) {
                 }
             }
             let _ = CommandCodec::default().encode(&command).dump();
+            let mut shifted = command.clone();
+            let mut qresync = command.clone();
+            let changed =
+                modseq::command(&mut shifted, Shift(STEP)) | rewrite::qresync(&mut qresync, &t);
+            if changed {
+                for changed in [shifted, qresync] {
+                    let bytes = rewrite::encode(&changed).bytes;
+                    let (_, again) = CommandCodec::default()
+                        .decode(&bytes)
+                        .expect("a command with its mod-sequences lowered decodes");
+                    assert_eq!(again.tag, command.tag);
+                }
+            }
         }
     }
 }
 
 /// An IMAP server's bytes: cut into response heads and pass-through pieces, every head
 /// read for a tagged status, a literal, a listing of UIDs, and rewritten into the client's
-/// UIDs and message numbers.
+/// UIDs, message numbers and mod-sequences.
 pub fn imap_server(data: &[u8]) {
     let (step, data) = chunks(data);
     let (t, mut seq) = translation();
@@ -168,6 +195,8 @@ pub fn imap_server(data: &[u8]) {
             let _ = listed_uids(&head, "levee.list");
             let _ = rewrite::response_head(&head, &t, head.len() % 2 == 0);
             let _ = seq.response_head(&head, head.len() % 3 == 0);
+            let _ = modseq::response_head(&head, Shift(STEP));
+            let _ = search_return::without_all(&head, "a");
         }
         scanner.compact();
     }

@@ -72,11 +72,10 @@ impl Session {
             }
         }
         metrics::counter!(m::IMAP_HIBERNATIONS).increment(1);
-        metrics::gauge!(m::IMAP_HIBERNATING).increment(1.0);
+        let _counted = Hibernating::counted();
         // What changed while the connection closed.
         self.tell_news(pump, &mut seen);
         self.hibernating(pump, read, write, seen).await;
-        metrics::gauge!(m::IMAP_HIBERNATING).decrement(1.0);
     }
 
     /// Ends the server's IDLE, lists the mailbox's UIDs (the messages the client knows,
@@ -336,6 +335,23 @@ impl Session {
         }
         metrics::counter!(m::IMAP_MIGRATIONS).increment(1);
         tracing::debug!(to = ?target, "hibernating IMAP session moved");
+    }
+}
+
+/// One session in `levee_imap_sessions_hibernating`, for as long as it lives (a session
+/// task dropped at shutdown included).
+struct Hibernating;
+
+impl Hibernating {
+    fn counted() -> Hibernating {
+        metrics::gauge!(m::IMAP_HIBERNATING).increment(1.0);
+        Hibernating
+    }
+}
+
+impl Drop for Hibernating {
+    fn drop(&mut self) {
+        metrics::gauge!(m::IMAP_HIBERNATING).decrement(1.0);
     }
 }
 
