@@ -34,8 +34,14 @@ pub fn split(message: &ClientMessage) -> Option<Split> {
     }
     let close = open + bytes[open..].iter().position(|&b| b == b')')?;
     let options = std::str::from_utf8(&bytes[at..=close]).ok()?.to_string();
-    // The options and the space after them.
+    // The options and the space after them; options on more than one line (a literal
+    // among them) are not options levee reads.
     let cut = close + 1 - at + usize::from(bytes.get(close + 1) == Some(&b' '));
+    if options.contains(['\r', '\n'])
+        || message.sync_points.iter().any(|&p| p > at && p <= at + cut)
+    {
+        return None;
+    }
     let mut plain = bytes[..at].to_vec();
     plain.extend_from_slice(&bytes[at + cut..]);
     let sync_points = message
@@ -86,7 +92,8 @@ pub fn with_all(options: &str) -> Option<String> {
 pub fn without_all(line: &[u8], tag: &str) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(line).ok()?.trim_end();
     let ours = format!("* ESEARCH (TAG \"{tag}\")");
-    if text.len() < ours.len() || !text[..ours.len()].eq_ignore_ascii_case(&ours) {
+    let head = text.as_bytes().get(..ours.len())?;
+    if !head.eq_ignore_ascii_case(ours.as_bytes()) {
         return None;
     }
     let words: Vec<&str> = text.split(' ').collect();
@@ -168,6 +175,13 @@ mod tests {
     }
 
     #[test]
+    fn options_with_a_literal_are_not_split() {
+        let text = "a SEARCH RETURN ({3}\r\nMIN) ALL\r\n";
+        let point = text.find("MIN").unwrap();
+        assert_eq!(split(&message(text, vec![point])), None);
+    }
+
+    #[test]
     fn min_and_max_bring_all_along() {
         assert_eq!(
             with_all("RETURN (MIN)").as_deref(),
@@ -194,5 +208,10 @@ mod tests {
         );
         assert_eq!(without_all(b"* ESEARCH (TAG \"b\") ALL 1\r\n", "a1"), None);
         assert_eq!(without_all(b"* 3 EXISTS\r\n", "a1"), None);
+        // A line whose byte where the tag would end is inside a character (found by
+        // fuzzing).
+        let line = "* ESEARCH (TAG \"x\u{9e1b4}\")\r\n";
+        assert!(!line.is_char_boundary(r#"* ESEARCH (TAG "a")"#.len()));
+        assert_eq!(without_all(line.as_bytes(), "a"), None);
     }
 }
