@@ -298,7 +298,12 @@ impl Session {
     async fn wake(&mut self, pump: &mut Pump, event: ClientEvent) {
         metrics::counter!(m::IMAP_WAKES).increment(1);
         let target = self.shared.active_backend();
-        self.migrate(pump, target).await;
+        if let Err(err) = self.try_migrate(pump, target).await {
+            // The server went away while the session hibernated, and the failover
+            // controller has not decided yet: as for a session whose connection broke.
+            tracing::info!(at = ?target, %err, "could not wake the IMAP session yet; waiting for the failover decision");
+            self.relocate(pump).await;
+        }
         if pump.closing {
             return;
         }

@@ -88,7 +88,7 @@ impl Session {
 
     /// Moves to whichever backend is active once the failover controller has had time to
     /// decide, or to the same one again.
-    async fn relocate(&mut self, pump: &mut Pump) {
+    pub(super) async fn relocate(&mut self, pump: &mut Pump) {
         let Some(failover) = self.shared.failover.clone() else {
             pump.say(b"* BYE [UNAVAILABLE] The mail server closed the connection\r\n");
             pump.closing = true;
@@ -129,7 +129,7 @@ impl Session {
         }
     }
 
-    pub(super) async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
+    async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
         if let Err(err) = self.try_migrate(pump, target).await {
             tracing::warn!(to = ?target, %err, "could not move the IMAP session");
             pump.say(b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n");
@@ -138,8 +138,14 @@ impl Session {
     }
 
     /// Rebuilds the session on `target`; on failure nothing of the session has changed.
-    async fn try_migrate(&mut self, pump: &mut Pump, target: Backend) -> Result<(), String> {
+    pub(super) async fn try_migrate(
+        &mut self,
+        pump: &mut Pump,
+        target: Backend,
+    ) -> Result<(), String> {
         let started = std::time::Instant::now();
+        // A hibernating session opened again for its client is no move.
+        let waking = self.view.is_some() && target == self.backend;
         let Some(addr) = self.shared.imap_addr(target) else {
             return Err("no IMAP server to move this session to".into());
         };
@@ -192,8 +198,12 @@ impl Session {
                     }
                     _ => {}
                 }
-                metrics::counter!(crate::metrics::IMAP_MIGRATIONS).increment(1);
-                tracing::info!(to = ?target, elapsed = ?started.elapsed(), "IMAP session moved");
+                if waking {
+                    tracing::debug!(at = ?target, elapsed = ?started.elapsed(), "IMAP session woken");
+                } else {
+                    metrics::counter!(crate::metrics::IMAP_MIGRATIONS).increment(1);
+                    tracing::info!(to = ?target, elapsed = ?started.elapsed(), "IMAP session moved");
+                }
                 self.scanner.push(&rebuilt.leftover);
                 self.relay_responses(pump);
                 Ok(())

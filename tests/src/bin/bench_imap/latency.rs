@@ -1,20 +1,23 @@
 //! Round trips of small commands on one logged-in INBOX: straight to Dovecot, through
-//! levee without TLS, and through levee with implicit TLS, in the same run. The paths take
-//! turns command by command, so that drift of the machine spreads evenly over the three.
-//! The client runs on a single-threaded runtime.
+//! levee without TLS, through levee with implicit TLS, and through a bare relay (bytes
+//! copied both ways and nothing else: the least any proxy adds on this machine), in the
+//! same run. The paths take turns command by command, so that drift of the machine spreads
+//! evenly over them. The client runs on a single-threaded runtime.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use levee_tests::imap_load::{ImapClient, Security};
 use levee_tests::{LeveeMode, Site, spec_with_users};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::{Args, allow_plaintext, deliver, process_ticks};
 
 /// The commands timed, as sent.
 pub(crate) const COMMANDS: [&str; 2] = ["NOOP", "UID FETCH 1 (FLAGS)"];
 /// The paths timed, in the order of odd rounds.
-pub(crate) const PATHS: [&str; 3] = ["direct", "levee", "levee, implicit TLS"];
+pub(crate) const PATHS: [&str; 4] = ["direct", "levee", "levee, implicit TLS", "bare relay"];
 /// Untimed commands per path before the first round.
 const WARM_UP: usize = 200;
 /// Messages in the INBOX the commands run on.
@@ -84,6 +87,33 @@ async fn time(clients: &mut [ImapClient], command: &str, n: usize) -> Result<Vec
         .collect())
 }
 
+/// A relay on a loopback port that copies bytes between each client and `upstream`, on a
+/// thread and single-threaded runtime of its own, for as long as the bench runs.
+fn bare_relay(upstream: SocketAddr) -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the relay's runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("the relay's listener");
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+    });
+    Ok(addr)
+}
+
 pub(crate) fn run(a: &Args) -> Result<Latency> {
     // One thread: a wake-up never crosses threads on the client's side of a round trip.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -105,6 +135,7 @@ pub(crate) fn run(a: &Args) -> Result<Latency> {
         (site.stack.imap_addr(), Security::Plain),
         (site.levee.ports.imap, Security::Plain),
         (site.levee.ports.imaps, tls),
+        (bare_relay(site.stack.imap_addr())?, Security::Plain),
     ];
     rt.block_on(async {
         let mut clients = Vec::new();
@@ -131,16 +162,17 @@ pub(crate) fn run(a: &Args) -> Result<Latency> {
                 let timed = time(&mut clients, command, a.commands).await?;
                 figures[c].copy_from_slice(&timed);
             }
-            // Two of the three paths go through levee.
+            // Two of the paths go through levee.
             let relayed = (2 * COMMANDS.len() * a.commands) as f64;
             out.cpu_us
                 .push((process_ticks(pid) - ticks) as f64 * 1e6 / tck / relayed);
             eprintln!(
-                "round {}: NOOP p99 direct {:.0} us, levee {:.0} us, levee TLS {:.0} us",
+                "round {}: NOOP p99 direct {:.0} us, levee {:.0} us, levee TLS {:.0} us, bare relay {:.0} us",
                 round + 1,
                 figures[0][0].p99,
                 figures[0][1].p99,
-                figures[0][2].p99
+                figures[0][2].p99,
+                figures[0][3].p99
             );
             out.rounds.push(figures);
         }

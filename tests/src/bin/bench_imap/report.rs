@@ -44,11 +44,13 @@ fn rtt_rows(o: &mut String, lat: &Latency) {
                 .collect();
             let _ = writeln!(
                 o,
-                "| `{command}` {name} | {:.0} us | {:.0} us | {ratio:.2}x | {goal} | {:.0} us ({:.2}x) | {} |",
+                "| `{command}` {name} | {:.0} us | {:.0} us | {ratio:.2}x | {goal} | {:.0} us ({:.2}x) | {:.0} us ({:.2}x) | {} |",
                 m[0],
                 m[1],
                 m[2],
                 m[2] / m[0],
+                m[3],
+                m[3] / m[0],
                 rounds.join(" / ")
             );
         }
@@ -134,20 +136,24 @@ pub(crate) fn report(
         "### Round trips on one logged-in INBOX\n\n\
          One connection per path, logged in as alice with INBOX (10 messages) selected: \
          straight to Dovecot, through levee's STARTTLS listener without TLS (plaintext LOGIN \
-         allowed on loopback), and through its implicit-TLS listener. {} timed commands per \
-         path, command and round after 200 untimed; {} rounds. The paths take turns \
-         command by command (one command on each, starting with a different path every \
-         time), so that bursts of other work on the machine fall on all three alike. Medians over rounds of each round's p50 and p99; \
-         rounds in the last column (direct / levee / levee with TLS).\n\n\
-         | figure | direct | levee | levee/direct | goal | levee, implicit TLS (/direct) | rounds |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+         allowed on loopback), through its implicit-TLS listener, and through a bare relay: \
+         a thread of the bench that copies bytes both ways between a loopback listener and \
+         Dovecot (tokio's `copy_bidirectional`, `TCP_NODELAY`, one thread of its own) and \
+         does nothing else, the least any proxy in between adds on this machine. {} timed \
+         commands per path, command and round after 200 untimed; {} rounds. The paths take \
+         turns command by command (one command on each, starting with a different path every \
+         time), so that bursts of other work on the machine fall on all of them alike. \
+         Medians over rounds of each round's p50 and p99; rounds in the last column (direct \
+         / levee / levee with TLS / bare relay).\n\n\
+         | figure | direct | levee | levee/direct | goal | levee, implicit TLS (/direct) | bare relay (/direct) | rounds |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         thousands(a.commands as f64),
         a.rounds,
     );
     rtt_rows(&mut o, lat);
     let _ = writeln!(
         o,
-        "| levee CPU (utime + stime) per command relayed |  | {:.0} us |  |  |  | {} |",
+        "| levee CPU (utime + stime) per command relayed |  | {:.0} us |  |  |  |  | {} |",
         median(&lat.cpu_us),
         each(&lat.cpu_us, |v| format!("{v:.0}"))
     );

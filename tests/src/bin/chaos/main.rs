@@ -8,7 +8,9 @@
 //! A primary site (real Postfix and Dovecot, `levee run` as a child process with fast
 //! failover and the admin API) streams its journal through a relay the suite controls
 //! ([`link`]) to a replica site (`levee replica` as a child, its own Postfix and Dovecot).
-//! Senders ([`load`]) and IMAP sessions run throughout; every `--every` seconds the next
+//! Senders ([`load`]) and IMAP sessions run throughout (the sessions hibernate in each
+//! IDLE and wake for the command after it, with the default `--hibernate-after`); every
+//! `--every` seconds the next
 //! fault of [`faults::Fault::CYCLE`] is applied and undone. When the time is up the load
 //! stops, levee fails back if it has to, both sites settle, and the suite checks that every
 //! message whose sender saw 250 is once in the primary's journal, once in the replica's
@@ -60,6 +62,10 @@ struct Args {
     /// IMAP sessions (alice's INBOX, implicit TLS).
     #[arg(long, default_value_t = 4)]
     sessions: usize,
+    /// levee's `[imap] hibernate_after`: the IMAP sessions idle 700 ms a cycle, so with
+    /// the default each hibernates and is woken again every cycle, faults or not.
+    #[arg(long, default_value = "300ms")]
+    hibernate_after: String,
     /// Leave these faults out of the cycle (e.g. `--without primary-mail-kill`).
     #[arg(long, value_delimiter = ',')]
     without: Vec<Fault>,
@@ -123,6 +129,10 @@ fn run(args: &Args) -> Report {
         admin.section("drain_timeout = \"3s\"")
     );
     let mut primary = Site::start_with("chaos-p", LeveeMode::Child, &extra);
+    let hibernate = format!("[imap]\nhibernate_after = \"{}\"\n", args.hibernate_after);
+    primary
+        .levee
+        .reconfigure(|text| text.replacen("[imap]\n", &hibernate, 1));
     let api = Api {
         port: admin.port,
         ca: primary.cert_path(),
