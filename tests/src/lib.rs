@@ -88,6 +88,19 @@ impl Site {
         wait_for_messages(&self.stack, user, needles, secs)
     }
 
+    /// Waits (at most 20 s) until levee's metric `name` is at least `at_least`.
+    pub fn wait_metric(&self, name: &str, at_least: f64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.levee.metric(name).unwrap_or(0.0) < at_least {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never reached {at_least}\n{}",
+                tail(&self.levee.log(), 40)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Sends a sample message for each Message-ID in `ids` to `rcpt` through levee's
     /// relay listener (each must get 250), and waits until `user` has them all.
     pub fn send_through_levee(&self, ids: &[&str], rcpt: &str, user: &str) -> Vec<String> {

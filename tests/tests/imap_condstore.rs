@@ -4,8 +4,6 @@
 //! told of the changes made at the replica, and a QRESYNC client selecting with the
 //! UIDVALIDITY and UIDs it has from the primary learns what changed and what vanished.
 
-use std::time::{Duration, Instant};
-
 use levee_tests::imap_steps::ImapSteps;
 use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
 use serde_json::{Value, json};
@@ -101,20 +99,7 @@ fn condstore_and_qresync_clients_see_the_changes_made_at_the_replica() {
         .stack
         .kill_dovecot()
         .expect("kill the primary's Dovecot");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while primary
-        .levee
-        .metric("levee_imap_migrations_total")
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the session was not moved\n{}",
-            tail(&primary.levee.log(), 40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    primary.wait_metric("levee_imap_migrations_total", 1.0);
     client.ok(json!({"op": "noop"}));
 
     // Another client of alice's, at the replica now, flags one message and deletes one.

@@ -138,20 +138,7 @@ fn uids_flags_expunges_and_sent_items_survive_a_failover() {
         .stack
         .kill_dovecot()
         .expect("kill the primary's Dovecot");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while primary
-        .levee
-        .metric("levee_imap_migrations_total")
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the session was not moved\n{}",
-            tail(&primary.levee.log(), 40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    primary.wait_metric("levee_imap_migrations_total", 1.0);
 
     // Same connection: the UIDs the client knew name the same messages.
     let noop = client.ok(json!({"op": "noop"}));

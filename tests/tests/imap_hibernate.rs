@@ -4,10 +4,8 @@
 //! and is opened on Dovecot again for its next command with the same UIDs. A failover
 //! moves it without a login at the replica, and mail there reaches it too.
 
-use std::time::{Duration, Instant};
-
 use levee_tests::imap_steps::ImapSteps;
-use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
+use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample};
 use serde_json::{Value, json};
 
 fn uid_of(list: &[Value], message_id: &str) -> Option<u64> {
@@ -15,18 +13,6 @@ fn uid_of(list: &[Value], message_id: &str) -> Option<u64> {
     list.iter()
         .find(|m| m["message_id"] == wanted.as_str())
         .and_then(|m| m["uid"].as_u64())
-}
-
-fn wait_metric(site: &Site, name: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while site.levee.metric(name).unwrap_or(0.0) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {at_least}\n{}",
-            tail(&site.levee.log(), 40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Lines the client read in IDLE up to one naming `until`.
@@ -71,7 +57,7 @@ fn idle_sessions_hibernate_hear_news_from_levee_and_wake_with_their_uids() {
         uid_of(&before, "two@example.org").unwrap(),
     );
     client.ok(json!({"op": "idle"}));
-    wait_metric(&primary, "levee_imap_sessions_hibernating", 1.0);
+    primary.wait_metric("levee_imap_sessions_hibernating", 1.0);
 
     // News from another client and from the MTA, told by levee alone.
     let mut other = ImapSteps::login(primary.levee.ports.imaps, "alice", &password);
@@ -119,13 +105,13 @@ fn idle_sessions_hibernate_hear_news_from_levee_and_wake_with_their_uids() {
     // Hibernating again, the session moves to the replica without a login there, and
     // mail delivered there reaches it.
     client.ok(json!({"op": "idle"}));
-    wait_metric(&primary, "levee_imap_hibernations_total", 2.0);
-    wait_metric(&primary, "levee_imap_sessions_hibernating", 1.0);
+    primary.wait_metric("levee_imap_hibernations_total", 2.0);
+    primary.wait_metric("levee_imap_sessions_hibernating", 1.0);
     primary
         .stack
         .kill_dovecot()
         .expect("kill the primary's Dovecot");
-    wait_metric(&primary, "levee_imap_migrations_total", 1.0);
+    primary.wait_metric("levee_imap_migrations_total", 1.0);
     // As after any move: the count, unchanged.
     let moved = idle_until(&mut client, "EXISTS");
     assert!(moved.contains("* 2 EXISTS"), "{moved}");
