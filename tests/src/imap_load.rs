@@ -202,6 +202,12 @@ impl ImapClient {
     /// Enters IDLE and waits for the server's continuation request.
     pub async fn idle(&mut self) -> io::Result<()> {
         let tag = self.send("IDLE").await?;
+        self.idle_go_ahead(tag).await
+    }
+
+    /// Waits for the continuation request to the IDLE sent (with [`ImapClient::send`])
+    /// under `tag`; the client is then idling.
+    pub async fn idle_go_ahead(&mut self, tag: String) -> io::Result<()> {
         // The server may report news (`* 7 EXISTS`) before its go-ahead.
         loop {
             let go = tokio::time::timeout(IO_TIMEOUT, self.response())

@@ -2,8 +2,9 @@
 //! replica again for a read-only one (the client gets its answer, on its connection, under
 //! the UIDs it knows), and answers a changing one with a tagged NO rather than risk
 //! applying it twice. An IDLE the client ended with a DONE the dead server never answered
-//! is completed at the replica, not entered again. No client sees BYE, and all go on
-//! working.
+//! is completed at the replica, not entered again; one the dead server never said "+" to
+//! is entered at the replica, and the client gets its "+" there. No client sees BYE, and
+//! all go on working.
 
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ fn commands_in_flight_when_the_primary_dies() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut reader, mut writer, mut idler, uid) = rt.block_on(async {
+    let (mut reader, mut writer, mut idler, mut starter, uid) = rt.block_on(async {
         let open = async || {
             let mut client = ImapClient::connect(addr, &tls).await.expect("connect");
             client.login("alice", &password).await.expect("LOGIN");
@@ -68,18 +69,19 @@ fn commands_in_flight_when_the_primary_dies() {
         let writer = open().await;
         let mut idler = open().await;
         idler.idle().await.expect("IDLE");
+        let starter = open().await;
         let listed = reader
             .ok(&format!("UID FETCH 1:* (UID {HEADER})"))
             .await
             .expect("UID FETCH before the failure");
         assert!(text(&listed).contains(MESSAGE_ID), "{}", text(&listed));
         let uid = only_uid(&listed);
-        (reader, writer, idler, uid)
+        (reader, writer, idler, starter, uid)
     });
 
     // A hung server: the commands and the DONE reach it and get no answer.
     primary.stack.freeze_dovecot().expect("SIGSTOP Dovecot");
-    let (fetch, store, idle) = rt.block_on(async {
+    let (fetch, store, idle, start) = rt.block_on(async {
         let fetch = reader
             .send(&format!("UID FETCH {uid} (UID {HEADER})"))
             .await
@@ -89,8 +91,9 @@ fn commands_in_flight_when_the_primary_dies() {
             .await
             .expect("send UID STORE");
         let idle = idler.send_done().await.expect("send DONE");
+        let start = starter.send("IDLE").await.expect("send IDLE");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        (fetch, store, idle)
+        (fetch, store, idle, start)
     });
     primary.stack.kill_dovecot().expect("kill Dovecot");
 
@@ -122,8 +125,18 @@ fn commands_in_flight_when_the_primary_dies() {
         assert!(ended.is_ok(), "IDLE: {}", ended.status);
         assert!(!text(&ended).contains("BYE"), "{}", text(&ended));
 
+        starter.idle_go_ahead(start).await.unwrap_or_else(|e| {
+            panic!(
+                "the IDLE the dead server never said \"+\" to was left unanswered: {e}\n{}",
+                log()
+            )
+        });
+        let idled = starter.done().await.expect("DONE at the replica");
+        assert!(idled.is_ok(), "IDLE: {}", idled.status);
+        assert!(!text(&idled).contains("BYE"), "{}", text(&idled));
+
         // The sessions live on at the replica, under the same UIDs.
-        for client in [&mut reader, &mut writer, &mut idler] {
+        for client in [&mut reader, &mut writer, &mut idler, &mut starter] {
             let again = client
                 .ok(&format!("UID FETCH {uid} (UID FLAGS {HEADER})"))
                 .await
@@ -140,7 +153,7 @@ fn commands_in_flight_when_the_primary_dies() {
         .levee
         .metric("levee_imap_migrations_total")
         .unwrap_or(0.0);
-    assert!(moved >= 2.0, "sessions moved: {moved}\n{}", log());
+    assert!(moved >= 3.0, "sessions moved: {moved}\n{}", log());
     let status = primary.levee.status();
     assert_eq!(
         status["failover"]["active"]["backend"], "replica",

@@ -188,8 +188,18 @@ impl Session {
                 if let Some(exists) = rebuilt.exists {
                     pump.say(exists.as_bytes());
                 }
+                let unanswered = self.state.idle_awaiting_go_ahead().map(str::to_string);
                 match (rebuilt.idle_tag, self.state.idling.clone()) {
                     (Some(ours), Some(theirs)) => self.idle_alias = Some((ours, theirs)),
+                    (Some(ours), None) => {
+                        // The client's IDLE reached the old server, which never said "+":
+                        // the new one did, for the client.
+                        if let Some(theirs) = unanswered {
+                            self.state.continuation();
+                            pump.say(b"+ idling\r\n");
+                            self.idle_alias = Some((ours, theirs));
+                        }
+                    }
                     (None, Some(theirs)) => {
                         // The client's DONE went to the old connection, which never
                         // answered it: the IDLE is over, and only its completion is due.

@@ -109,8 +109,8 @@ fn plan(state: &SessionState, list: bool) -> Result<Vec<Planned>, String> {
         }
     }
     // An IDLE the client has ended already is completed for it instead (see
-    // `Session::try_migrate`).
-    if state.idling.is_some() && !state.idle_done_sent {
+    // `Session::try_migrate`); one the lost server never said "+" to is entered here.
+    if state.idle_to_resume() {
         bodies.push((Step::Idle, Some(CommandBody::Idle)));
     }
     let mut planned = Vec::with_capacity(bodies.len());

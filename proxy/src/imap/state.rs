@@ -176,6 +176,17 @@ impl SessionState {
         }
     }
 
+    /// The IDLE the client sent that no server has said "+" to yet (its tag).
+    pub fn idle_awaiting_go_ahead(&self) -> Option<&str> {
+        self.idle_requested.as_deref()
+    }
+
+    /// Whether a new connection must enter IDLE for the client: it is idling and has not
+    /// ended it, or it asked to and the lost connection never said "+".
+    pub fn idle_to_resume(&self) -> bool {
+        (self.idling.is_some() && !self.idle_done_sent) || self.idle_requested.is_some()
+    }
+
     /// An untagged `* ENABLED ...`.
     pub fn enabled(&mut self, line: &str) {
         for word in line.split_ascii_whitespace().skip(2) {
@@ -377,7 +388,19 @@ mod tests {
 
         send(&mut state, b"i IDLE\r\n");
         assert!(state.idling.is_none());
+        assert_eq!(state.idle_awaiting_go_ahead(), Some("i"));
+        assert!(
+            state.idle_to_resume(),
+            "an IDLE not yet answered is entered again"
+        );
         state.continuation();
+        assert_eq!(state.idle_awaiting_go_ahead(), None);
+        assert!(state.idle_to_resume());
+        state.idle_done_sent = true;
+        assert!(
+            !state.idle_to_resume(),
+            "an IDLE the client ended is completed"
+        );
         assert_eq!(state.idling.as_deref(), Some("i"));
         state.completed("i", Status::Ok);
         assert!(state.idling.is_none());
