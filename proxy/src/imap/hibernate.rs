@@ -22,7 +22,7 @@ use super::responses::{Piece, ResponseScanner};
 use super::seqmap::{LISTING, listed_uids};
 use super::session::{CATALOGUE_WAIT, Session, is_untagged_bye, next_active};
 use super::state::{Status, tagged_status};
-use super::view::{View, sorted};
+use super::view::{Uids, View};
 use crate::metrics as m;
 
 /// levee's own tags on the connection it closes.
@@ -167,7 +167,7 @@ impl Session {
         }
         let (now, known_below, all_flags) = {
             let catalogue = followed.catalogue();
-            let now: Vec<u32> = catalogue
+            let now: Uids = catalogue
                 .messages
                 .keys()
                 .filter_map(|&u| self.present(u))
@@ -194,7 +194,7 @@ impl Session {
         let Some(view) = self.view.as_deref_mut() else {
             return;
         };
-        for line in view.update(&sorted(now), known_below) {
+        for line in view.update(&now, known_below) {
             pump.say(line.as_bytes());
         }
         let Some(view) = self.view.as_deref() else {
@@ -336,7 +336,7 @@ impl Session {
         self.tell_news(pump, &mut seen);
         // As after a migration: the count at the new site (the same, most often).
         if let Some(view) = &self.view {
-            pump.say(format!("* {} EXISTS\r\n", view.uids().len()).as_bytes());
+            pump.say(format!("* {} EXISTS\r\n", view.len()).as_bytes());
         }
         metrics::counter!(m::IMAP_MIGRATIONS).increment(1);
         tracing::debug!(to = ?target, "hibernating IMAP session moved");

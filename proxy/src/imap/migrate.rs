@@ -179,9 +179,9 @@ impl Session {
                 let listed = view.as_ref().and(rebuilt.listed.clone());
                 self.arrive(pump, rebuilt.listed, view.is_none()).await;
                 if let (Some(mut view), Some(listed)) = (view, listed) {
-                    let now: Vec<u32> =
+                    let now: crate::imap::view::Uids =
                         listed.into_iter().filter_map(|u| self.present(u)).collect();
-                    for line in view.update(&crate::imap::view::sorted(now), u32::MAX) {
+                    for line in view.update(&now, u32::MAX) {
                         pump.say(line.as_bytes());
                     }
                 }
