@@ -20,7 +20,7 @@ use super::modseq::Shift;
 use super::pump::{IDLE_READ, Pump};
 use super::responses::{Piece, ResponseScanner};
 use super::seqmap::{LISTING, listed_uids};
-use super::session::{CATALOGUE_WAIT, Session, is_untagged_bye, next_active};
+use super::session::{CATALOGUE_WAIT, IDLE_GO_AHEAD, Session, is_untagged_bye, next_active};
 use super::state::{Status, tagged_status};
 use super::view::{Uids, View};
 use crate::metrics as m;
@@ -286,7 +286,7 @@ impl Session {
             } else if let Some(command) = idle_command(message) {
                 self.state.command_sent(&command);
                 self.state.continuation();
-                pump.say(b"+ idling\r\n");
+                pump.say(IDLE_GO_AHEAD);
             } else {
                 return Some(event);
             }

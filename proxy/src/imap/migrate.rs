@@ -196,7 +196,7 @@ impl Session {
                         // the new one did, for the client.
                         if let Some(theirs) = unanswered {
                             self.state.continuation();
-                            pump.say(b"+ idling\r\n");
+                            pump.say(super::session::IDLE_GO_AHEAD);
                             self.idle_alias = Some((ours, theirs));
                         }
                     }

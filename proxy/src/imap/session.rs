@@ -36,6 +36,8 @@ use tokio::sync::watch;
 
 /// Bytes waiting in either outbox before levee stops reading from the other side.
 const OUTBOX_LIMIT: usize = 256 * 1024;
+/// levee's own go-ahead to a client's IDLE that no server answered for it.
+pub(super) const IDLE_GO_AHEAD: &[u8] = b"+ idling\r\n";
 /// Longest a SELECT's OK waits for levee to know the mailbox at the primary.
 pub(super) const CATALOGUE_WAIT: Duration = Duration::from_secs(5);
 
