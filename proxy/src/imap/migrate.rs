@@ -14,6 +14,9 @@ use crate::failover::controller::Backend;
 
 /// Rebuilds tried after a session's server went away, each after the failover decision.
 const RELOCATE_TRIES: usize = 3;
+/// Shortest time between two tries of a planned move the new site did not take (each may
+/// hold the session for `[imap] connect_timeout`).
+const MOVE_RETRY: Duration = Duration::from_secs(5);
 
 impl Session {
     /// Nothing is half-way between client and server: no command in flight but IDLE, no
@@ -26,6 +29,14 @@ impl Session {
     pub(super) fn nothing_in_flight(&self) -> bool {
         let idle = usize::from(self.state.idling.is_some());
         self.state.in_flight() <= idle && self.up_out.is_empty() && self.listing.is_none()
+    }
+
+    /// A planned move waits and its time has come.
+    pub(super) fn migrate_due(&self) -> bool {
+        self.migrate_pending
+            && self
+                .migrate_not_before
+                .is_none_or(|at| tokio::time::Instant::now() >= at)
     }
 
     /// Moves the session to the active backend (planned: nothing in flight).
@@ -129,12 +140,28 @@ impl Session {
         }
     }
 
+    /// A planned move to `target`. When `target` does not take the session (its server
+    /// hung, or died again right after a failback), the session keeps its own connection,
+    /// which is whole, and tries again after [`MOVE_RETRY`] with its next response from
+    /// the server, or at once when the active site changes; the failover controller is
+    /// told, as for a lost connection.
     async fn migrate(&mut self, pump: &mut Pump, target: Backend) {
-        if let Err(err) = self.try_migrate(pump, target).await {
-            tracing::warn!(to = ?target, %err, "could not move the IMAP session");
-            pump.say(b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n");
-            pump.closing = true;
+        let Err(err) = self.try_migrate(pump, target).await else {
+            self.migrate_not_before = None;
+            return;
+        };
+        if self.up_read.is_some() && self.up_write.is_some() {
+            tracing::warn!(at = ?self.backend, to = ?target, %err, "could not move the IMAP session; it stays where it is and tries again");
+            if let Some(failover) = &self.shared.failover {
+                failover.upstream_error(target);
+            }
+            self.migrate_pending = true;
+            self.migrate_not_before = Some(tokio::time::Instant::now() + MOVE_RETRY);
+            return;
         }
+        tracing::warn!(to = ?target, %err, "could not move the IMAP session");
+        pump.say(b"* BYE [UNAVAILABLE] The mail server is not reachable; please reconnect\r\n");
+        pump.closing = true;
     }
 
     /// Rebuilds the session on `target`; on failure nothing of the session has changed.

@@ -78,6 +78,8 @@ pub struct Session {
     pub(super) active: Option<watch::Receiver<Active>>,
     /// The active backend changed while commands were in flight: move once they are done.
     pub(super) migrate_pending: bool,
+    /// A planned move the new site did not take: not tried again before this.
+    pub(super) migrate_not_before: Option<Instant>,
     /// After a migration during IDLE: the tag levee used for IDLE upstream, and the
     /// client's, whose completion the client must see.
     pub(super) idle_alias: Option<(String, String)>,
@@ -142,6 +144,7 @@ impl Session {
             backend,
             active,
             migrate_pending: false,
+            migrate_not_before: None,
             idle_alias: None,
             following: None,
             translation: None,
@@ -253,7 +256,7 @@ impl Session {
                             {
                                 Box::pin(following.ready(CATALOGUE_WAIT)).await;
                             }
-                            if self.migrate_pending && self.can_migrate() {
+                            if self.migrate_due() && self.can_migrate() {
                                 Box::pin(self.migrate_to_active(pump)).await;
                             }
                         }
@@ -264,6 +267,8 @@ impl Session {
                     }
                 }
                 active = next_active(&mut self.active) => {
+                    // A new decision: a move that failed before is tried at once.
+                    self.migrate_not_before = None;
                     if active.backend == self.backend {
                         self.modseq = Shift::at_epoch(active.epoch);
                     } else if self.can_migrate() {
