@@ -120,6 +120,11 @@ impl Reply {
     pub fn is_ok(&self) -> bool {
         self.status.starts_with("OK")
     }
+
+    /// The untagged responses, as text (see [`show`]), one after the other.
+    pub fn text(&self) -> String {
+        self.untagged.iter().map(|r| show(r)).collect()
+    }
 }
 
 /// One IMAP connection.

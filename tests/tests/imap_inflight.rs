@@ -8,24 +8,15 @@
 
 use std::time::Duration;
 
-use levee_tests::imap_load::{ImapClient, Reply, Security, show};
+use levee_tests::imap_load::{ImapClient, Reply, Security};
 use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
 
 const MESSAGE_ID: &str = "inflight-1@example.org";
 const HEADER: &str = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]";
 
-fn text(reply: &Reply) -> String {
-    reply
-        .untagged
-        .iter()
-        .map(|r| show(r))
-        .collect::<Vec<_>>()
-        .join("")
-}
-
 /// The UID of the only message in the reply to `UID FETCH 1:* (UID ...)`.
 fn only_uid(reply: &Reply) -> u32 {
-    let all = text(reply);
+    let all = reply.text();
     let at = all.find("UID ").expect("a UID in the FETCH response") + 4;
     all[at..]
         .split(|c: char| !c.is_ascii_digit())
@@ -74,7 +65,7 @@ fn commands_in_flight_when_the_primary_dies() {
             .ok(&format!("UID FETCH 1:* (UID {HEADER})"))
             .await
             .expect("UID FETCH before the failure");
-        assert!(text(&listed).contains(MESSAGE_ID), "{}", text(&listed));
+        assert!(listed.text().contains(MESSAGE_ID), "{}", listed.text());
         let uid = only_uid(&listed);
         (reader, writer, idler, starter, uid)
     });
@@ -101,7 +92,7 @@ fn commands_in_flight_when_the_primary_dies() {
     rt.block_on(async {
         let fetched = reader.complete(&fetch, "UID FETCH").await.expect("reply");
         assert!(fetched.is_ok(), "UID FETCH: {}\n{}", fetched.status, log());
-        let seen = text(&fetched);
+        let seen = fetched.text();
         assert!(
             seen.contains(MESSAGE_ID) && seen.contains(&format!("UID {uid} ")),
             "the re-issued UID FETCH answered something else: {seen}"
@@ -114,7 +105,7 @@ fn commands_in_flight_when_the_primary_dies() {
             "a STORE whose fate is unknown must be refused, not repeated: {}",
             stored.status
         );
-        assert!(!text(&stored).contains("BYE"), "{}", text(&stored));
+        assert!(!stored.text().contains("BYE"), "{}", stored.text());
 
         let ended = idler.complete(&idle, "IDLE").await.unwrap_or_else(|e| {
             panic!(
@@ -123,7 +114,7 @@ fn commands_in_flight_when_the_primary_dies() {
             )
         });
         assert!(ended.is_ok(), "IDLE: {}", ended.status);
-        assert!(!text(&ended).contains("BYE"), "{}", text(&ended));
+        assert!(!ended.text().contains("BYE"), "{}", ended.text());
 
         starter.idle_go_ahead(start).await.unwrap_or_else(|e| {
             panic!(
@@ -133,7 +124,7 @@ fn commands_in_flight_when_the_primary_dies() {
         });
         let idled = starter.done().await.expect("DONE at the replica");
         assert!(idled.is_ok(), "IDLE: {}", idled.status);
-        assert!(!text(&idled).contains("BYE"), "{}", text(&idled));
+        assert!(!idled.text().contains("BYE"), "{}", idled.text());
 
         // The sessions live on at the replica, under the same UIDs.
         for client in [&mut reader, &mut writer, &mut idler, &mut starter] {
@@ -141,7 +132,7 @@ fn commands_in_flight_when_the_primary_dies() {
                 .ok(&format!("UID FETCH {uid} (UID FLAGS {HEADER})"))
                 .await
                 .unwrap_or_else(|e| panic!("after the failover: {e}\n{}", log()));
-            let seen = text(&again);
+            let seen = again.text();
             assert!(seen.contains(MESSAGE_ID), "{seen}");
             assert!(
                 !seen.contains("\\Flagged"),

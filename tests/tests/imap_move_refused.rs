@@ -12,15 +12,6 @@ use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
 
 const MESSAGE_ID: &str = "move-refused-1@example.org";
 
-fn text(reply: &Reply) -> String {
-    reply
-        .untagged
-        .iter()
-        .map(|r| show(r))
-        .collect::<Vec<_>>()
-        .join("")
-}
-
 /// The FETCH responses of a reply (news a move brings, such as EXISTS, left out).
 fn fetched(reply: &Reply) -> String {
     reply
@@ -107,12 +98,12 @@ fn a_session_stays_where_it_is_when_the_new_site_does_not_answer() {
         )
     });
     assert!(at_replica.is_ok(), "{}\n{}", at_replica.status, log());
-    let seen = text(&at_replica);
+    let seen = at_replica.text();
     assert!(
         !at_replica.untagged.iter().any(|r| is_error(r)),
         "the client was told: {seen}"
     );
-    assert!(fetched(&before).contains(MESSAGE_ID), "{}", text(&before));
+    assert!(fetched(&before).contains(MESSAGE_ID), "{}", before.text());
     assert_eq!(
         fetched(&at_replica),
         fetched(&before),
