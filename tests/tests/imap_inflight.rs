@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use levee_tests::imap_load::{ImapClient, Reply, Security};
-use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
+use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
 
 const MESSAGE_ID: &str = "inflight-1@example.org";
 const HEADER: &str = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]";
@@ -32,15 +32,8 @@ fn commands_in_flight_when_the_primary_dies() {
         "\n[failover]\nprobe_interval = \"100ms\"\nprobe_timeout = \"300ms\"\nfailures = 3\nhold_down = \"5s\"\n",
     );
     let mut primary = Site::start_with("inflight-primary", LeveeMode::Child, &extra);
-    let verdict = send_sample(
-        primary.dir.path(),
-        primary.levee.ports.relay,
-        MESSAGE_ID,
-        "alice@example.test",
-    );
-    assert_eq!(verdict["code"], 250, "{verdict}");
-    primary.wait_for_messages("alice", &[MESSAGE_ID.into()], 20);
-    replica.wait_for_messages("alice", &[MESSAGE_ID.into()], 20);
+    let sent = primary.send_through_levee(&[MESSAGE_ID], "alice@example.test", "alice");
+    replica.wait_for_messages("alice", &sent, 20);
 
     let password = primary.password("alice");
     let tls = Security::tls(&primary.cert_path()).expect("the site's CA");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use levee_proxy::admin::Role;
 use levee_tests::admin::{AdminSetup, Api};
 use levee_tests::imap_load::{ImapClient, Reply, Security, is_error, show};
-use levee_tests::{LeveeMode, ReplicaSite, Site, send_sample, tail};
+use levee_tests::{LeveeMode, ReplicaSite, Site, tail};
 
 const MESSAGE_ID: &str = "move-refused-1@example.org";
 
@@ -34,15 +34,8 @@ fn a_session_stays_where_it_is_when_the_new_site_does_not_answer() {
         admin.section("drain_timeout = \"10s\"")
     ));
     let mut primary = Site::start_with("refused-primary", LeveeMode::Child, &extra);
-    let verdict = send_sample(
-        primary.dir.path(),
-        primary.levee.ports.relay,
-        MESSAGE_ID,
-        "alice@example.test",
-    );
-    assert_eq!(verdict["code"], 250, "{verdict}");
-    primary.wait_for_messages("alice", &[MESSAGE_ID.into()], 20);
-    replica.wait_for_messages("alice", &[MESSAGE_ID.into()], 20);
+    let sent = primary.send_through_levee(&[MESSAGE_ID], "alice@example.test", "alice");
+    replica.wait_for_messages("alice", &sent, 20);
 
     let api = Api {
         port: admin.port,
